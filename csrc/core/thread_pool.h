@@ -1,0 +1,46 @@
+#pragma once
+// Thread control. The pool is OpenMP's: its threads persist between parallel regions, and with
+// OMP_WAIT_POLICY unset libgomp spins briefly at barriers before sleeping, which is what a chain
+// of small ops wants. Work is split inside one region per op (later: per forward pass), and
+// kernels receive (ith, nth) instead of opening regions of their own.
+#include <cstdint>
+
+namespace infermode {
+
+// Physical cores this process may run on (SMT siblings counted once).
+int physical_cores();
+
+// The thread count used when a call passes threads=0: set_num_threads' value, else the
+// INFERMODE_NUM_THREADS environment variable, else physical_cores().
+int default_threads();
+void set_num_threads(int n);  // n <= 0 restores the default
+
+// threads > 0 is taken as asked; 0 means default_threads().
+int resolve_threads(int threads);
+
+// Splits [0, n) into nth near-equal ranges and returns the ith one, aligned to `align` items.
+struct Range {
+  int64_t begin, end;
+};
+Range split_range(int64_t n, int ith, int nth, int64_t align = 1);
+
+// Inside parallel_run: every thread of the team waits here until all arrive.
+void barrier();
+int thread_index();
+int team_size();
+
+// Runs fn(ith, nth) on nth threads (the calling thread is one of them). Nested calls run inline
+// with nth = 1.
+template <typename Fn>
+void parallel_run(int nth, Fn&& fn) {
+  if (nth <= 1) {
+    fn(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(nth)
+  {
+    fn(thread_index(), team_size());
+  }
+}
+
+}  // namespace infermode

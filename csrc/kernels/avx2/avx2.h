@@ -1,0 +1,17 @@
+#pragma once
+// AVX2 + FMA + F16C kernels. Compiled with those flags only; called only after cpuid says
+// the CPU and the OS support them.
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/dispatch.h"
+
+namespace infermode::avx2 {
+
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps);
+void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
+                int ith, int nth);
+size_t matmul_f32_workspace(const GemmShape& s, int nth);
+double sum_f32(const float* x, int64_t n);
+
+}  // namespace infermode::avx2

@@ -1,0 +1,190 @@
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "core/thread_pool.h"
+#include "kernels/avx2/avx2.h"
+#include "kernels/gemm_blocked.h"
+
+namespace infermode::avx2 {
+namespace {
+
+// Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
+constexpr int64_t kSkinnyRows = 8;
+
+// Lanes [0, n) on: for maskload / maskstore.
+__m256i mask_upto(int64_t n) {
+  const int v = int(n < 0 ? 0 : (n > 8 ? 8 : n));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// 6 x 16 tile: 12 ymm accumulators, 2 for B, 1 for the broadcast of A.
+struct Micro {
+  static constexpr int MR = 6, NR = 16;
+  static constexpr int64_t KC = 256, MC = 24 * MR, NC = 4096;
+
+  static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int mr,
+                   int nr, bool accumulate) {
+    __m256 c0[MR], c1[MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+      const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+#pragma GCC unroll 6
+      for (int i = 0; i < MR; ++i) {
+        const __m256 av = _mm256_broadcast_ss(ap + i);
+        c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+        c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+      }
+      ap += MR;
+      bp += NR;
+    }
+    const __m256i m0 = mask_upto(nr), m1 = mask_upto(nr - 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr) break;
+      float* ci = c + i * ldc;
+      __m256 v0 = c0[i], v1 = c1[i];
+      if (accumulate) {
+        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(ci, m0));
+        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(ci + 8, m1));
+      }
+      _mm256_maskstore_ps(ci, m0, v0);
+      _mm256_maskstore_ps(ci + 8, m1, v1);
+    }
+  }
+};
+
+// B stored [n, k]: dot products of MI A rows with four B rows at a time.
+template <int MI>
+void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t k) {
+  __m256 acc[MI][4];
+  for (int i = 0; i < MI; ++i)
+    for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
+  const int64_t kv = k - k % 8;
+  const float* b0 = b;
+  const float* b1 = b + ldb;
+  const float* b2 = b + 2 * ldb;
+  const float* b3 = b + 3 * ldb;
+  for (int64_t p = 0; p < kv; p += 8) {
+    const __m256 w0 = _mm256_loadu_ps(b0 + p), w1 = _mm256_loadu_ps(b1 + p);
+    const __m256 w2 = _mm256_loadu_ps(b2 + p), w3 = _mm256_loadu_ps(b3 + p);
+    for (int i = 0; i < MI; ++i) {
+      const __m256 x = _mm256_loadu_ps(a + i * lda + p);
+      acc[i][0] = _mm256_fmadd_ps(x, w0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(x, w1, acc[i][1]);
+      acc[i][2] = _mm256_fmadd_ps(x, w2, acc[i][2]);
+      acc[i][3] = _mm256_fmadd_ps(x, w3, acc[i][3]);
+    }
+  }
+  for (int i = 0; i < MI; ++i) {
+    const float* ai = a + i * lda;
+    for (int r = 0; r < 4; ++r) {
+      float t = hsum(acc[i][r]);
+      for (int64_t p = kv; p < k; ++p) t += ai[p] * b[r * ldb + p];
+      c[i * ldc + r] = t;
+    }
+  }
+}
+
+template <int MI>
+void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc, int64_t k) {
+  __m256 acc[MI];
+  for (int i = 0; i < MI; ++i) acc[i] = _mm256_setzero_ps();
+  const int64_t kv = k - k % 8;
+  for (int64_t p = 0; p < kv; p += 8) {
+    const __m256 w = _mm256_loadu_ps(b + p);
+    for (int i = 0; i < MI; ++i)
+      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + p), w, acc[i]);
+  }
+  for (int i = 0; i < MI; ++i) {
+    float t = hsum(acc[i]);
+    for (int64_t p = kv; p < k; ++p) t += a[i * lda + p] * b[p];
+    c[i * ldc] = t;
+  }
+}
+
+template <int MI>
+void skinny_nk_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+                    int64_t j1) {
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) dot_rows4<MI>(a, s.lda, b + j * s.ldb, s.ldb, c + j, s.ldc, s.k);
+  for (; j < j1; ++j) dot_rows1<MI>(a, s.lda, b + j * s.ldb, c + j, s.ldc, s.k);
+}
+
+// B stored [k, n]: C[i, j:j+32] accumulates a[i, p] * B[p, j:j+32] down the k rows of B.
+template <int MI>
+void axpy_cols32(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, int64_t k, int64_t width) {
+  __m256i m[4];
+  for (int q = 0; q < 4; ++q) m[q] = mask_upto(width - 8 * q);
+  __m256 acc[MI][4];
+  for (int i = 0; i < MI; ++i)
+    for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const float* bp = b + p * ldb;
+    __m256 w[4];
+    for (int q = 0; q < 4; ++q) w[q] = _mm256_maskload_ps(bp + 8 * q, m[q]);
+    for (int i = 0; i < MI; ++i) {
+      const __m256 x = _mm256_broadcast_ss(a + i * lda + p);
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_fmadd_ps(x, w[q], acc[i][q]);
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int q = 0; q < 4; ++q) _mm256_maskstore_ps(c + i * ldc + 8 * q, m[q], acc[i][q]);
+}
+
+template <int MI>
+void skinny_kn_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+                    int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 32)
+    axpy_cols32<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(32, j1 - j));
+}
+
+void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+            int64_t j1) {
+  for (int64_t i = 0; i < s.m; i += 3) {
+    const float* ai = a + i * s.lda;
+    float* ci = c + i * s.ldc;
+    const int64_t mi = std::min<int64_t>(3, s.m - i);
+    if (s.b_nk) {
+      switch (mi) {
+        case 1: skinny_nk_rows<1>(ai, b, ci, s, j0, j1); break;
+        case 2: skinny_nk_rows<2>(ai, b, ci, s, j0, j1); break;
+        default: skinny_nk_rows<3>(ai, b, ci, s, j0, j1); break;
+      }
+    } else {
+      switch (mi) {
+        case 1: skinny_kn_rows<1>(ai, b, ci, s, j0, j1); break;
+        case 2: skinny_kn_rows<2>(ai, b, ci, s, j0, j1); break;
+        default: skinny_kn_rows<3>(ai, b, ci, s, j0, j1); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
+                int ith, int nth) {
+  if (s.m <= kSkinnyRows) {
+    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 32);
+    if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
+    return;
+  }
+  BlockedGemm<Micro>::run(a, b, c, s, work, ith, nth);
+}
+
+size_t matmul_f32_workspace(const GemmShape& s, int nth) {
+  return s.m <= kSkinnyRows ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
+}
+
+}  // namespace infermode::avx2

@@ -1,0 +1,11 @@
+#include "kernels/avx2/avx2.h"
+
+namespace infermode::avx2 {
+
+void fill_table(KernelTable& t) {
+  t.rms_norm = {&rms_norm, Isa::avx2};
+  t.matmul_f32 = {{&matmul_f32, &matmul_f32_workspace}, Isa::avx2};
+  t.sum_f32 = {&sum_f32, Isa::avx2};
+}
+
+}  // namespace infermode::avx2

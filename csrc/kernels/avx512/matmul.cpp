@@ -1,0 +1,175 @@
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "core/thread_pool.h"
+#include "kernels/avx512/avx512.h"
+#include "kernels/gemm_blocked.h"
+
+namespace infermode::avx512 {
+namespace {
+
+// Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
+constexpr int64_t kSkinnyRows = 8;
+
+__mmask16 mask_upto(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// 12 x 32 tile: 24 zmm accumulators + 2 for B; A is broadcast from memory.
+struct Micro {
+  static constexpr int MR = 12, NR = 32;
+  static constexpr int64_t KC = 256, MC = 12 * MR, NC = 4096;
+
+  static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int mr,
+                   int nr, bool accumulate) {
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+      const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
+#pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) {
+        const __m512 av = _mm512_set1_ps(ap[i]);
+        c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+        c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+      }
+      ap += MR;
+      bp += NR;
+    }
+    const __mmask16 m0 = mask_upto(nr), m1 = mask_upto(nr - 16 > 0 ? nr - 16 : 0);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i) {
+      if (i >= mr) break;
+      float* ci = c + i * ldc;
+      __m512 v0 = c0[i], v1 = c1[i];
+      if (accumulate) {
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
+      }
+      _mm512_mask_storeu_ps(ci, m0, v0);
+      _mm512_mask_storeu_ps(ci + 16, m1, v1);
+    }
+  }
+};
+
+// B stored [n, k] (a Linear weight): every output is a dot product of an A row with a B row.
+// Four B rows are read together so each load of A feeds four FMAs; MI rows of A at a time.
+template <int MI>
+void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t k) {
+  __m512 acc[MI][4];
+  for (int i = 0; i < MI; ++i)
+    for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
+  const int64_t kv = k - k % 16;
+  const float* b0 = b;
+  const float* b1 = b + ldb;
+  const float* b2 = b + 2 * ldb;
+  const float* b3 = b + 3 * ldb;
+  auto step = [&](int64_t p, __mmask16 m) {
+    const __m512 w0 = _mm512_maskz_loadu_ps(m, b0 + p), w1 = _mm512_maskz_loadu_ps(m, b1 + p);
+    const __m512 w2 = _mm512_maskz_loadu_ps(m, b2 + p), w3 = _mm512_maskz_loadu_ps(m, b3 + p);
+    for (int i = 0; i < MI; ++i) {
+      const __m512 x = _mm512_maskz_loadu_ps(m, a + i * lda + p);
+      acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
+      acc[i][2] = _mm512_fmadd_ps(x, w2, acc[i][2]);
+      acc[i][3] = _mm512_fmadd_ps(x, w3, acc[i][3]);
+    }
+  };
+  for (int64_t p = 0; p < kv; p += 16) step(p, 0xFFFF);
+  if (kv < k) step(kv, mask_upto(k - kv));
+  for (int i = 0; i < MI; ++i)
+    for (int r = 0; r < 4; ++r) c[i * ldc + r] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+template <int MI>
+void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc, int64_t k) {
+  __m512 acc[MI];
+  for (int i = 0; i < MI; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; p += 16) {
+    const __mmask16 m = mask_upto(k - p);
+    const __m512 w = _mm512_maskz_loadu_ps(m, b + p);
+    for (int i = 0; i < MI; ++i)
+      acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i * lda + p), w, acc[i]);
+  }
+  for (int i = 0; i < MI; ++i) c[i * ldc] = _mm512_reduce_add_ps(acc[i]);
+}
+
+template <int MI>
+void skinny_nk_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+                    int64_t j1) {
+  int64_t j = j0;
+  for (; j + 4 <= j1; j += 4) dot_rows4<MI>(a, s.lda, b + j * s.ldb, s.ldb, c + j, s.ldc, s.k);
+  for (; j < j1; ++j) dot_rows1<MI>(a, s.lda, b + j * s.ldb, c + j, s.ldc, s.k);
+}
+
+// B stored [k, n]: C[i, j:j+64] accumulates a[i, p] * B[p, j:j+64] down the k rows of B.
+template <int MI>
+void axpy_cols64(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc, int64_t k, int64_t width) {
+  __mmask16 m[4];
+  for (int q = 0; q < 4; ++q) m[q] = mask_upto(width - 16 * q > 0 ? width - 16 * q : 0);
+  __m512 acc[MI][4];
+  for (int i = 0; i < MI; ++i)
+    for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < k; ++p) {
+    const float* bp = b + p * ldb;
+    __m512 w[4];
+    for (int q = 0; q < 4; ++q) w[q] = _mm512_maskz_loadu_ps(m[q], bp + 16 * q);
+    for (int i = 0; i < MI; ++i) {
+      const __m512 x = _mm512_set1_ps(a[i * lda + p]);
+      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(x, w[q], acc[i][q]);
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int q = 0; q < 4; ++q) _mm512_mask_storeu_ps(c + i * ldc + 16 * q, m[q], acc[i][q]);
+}
+
+template <int MI>
+void skinny_kn_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+                    int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 64)
+    axpy_cols64<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(64, j1 - j));
+}
+
+// Rows of A in groups of up to four; B columns [j0, j1) belong to this thread.
+void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+            int64_t j1) {
+  for (int64_t i = 0; i < s.m; i += 4) {
+    const float* ai = a + i * s.lda;
+    float* ci = c + i * s.ldc;
+    const int64_t mi = std::min<int64_t>(4, s.m - i);
+    if (s.b_nk) {
+      switch (mi) {
+        case 1: skinny_nk_rows<1>(ai, b, ci, s, j0, j1); break;
+        case 2: skinny_nk_rows<2>(ai, b, ci, s, j0, j1); break;
+        case 3: skinny_nk_rows<3>(ai, b, ci, s, j0, j1); break;
+        default: skinny_nk_rows<4>(ai, b, ci, s, j0, j1); break;
+      }
+    } else {
+      switch (mi) {
+        case 1: skinny_kn_rows<1>(ai, b, ci, s, j0, j1); break;
+        case 2: skinny_kn_rows<2>(ai, b, ci, s, j0, j1); break;
+        case 3: skinny_kn_rows<3>(ai, b, ci, s, j0, j1); break;
+        default: skinny_kn_rows<4>(ai, b, ci, s, j0, j1); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
+                int ith, int nth) {
+  if (s.m <= kSkinnyRows) {
+    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 64);
+    if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
+    return;
+  }
+  BlockedGemm<Micro>::run(a, b, c, s, work, ith, nth);
+}
+
+size_t matmul_f32_workspace(const GemmShape& s, int nth) {
+  return s.m <= kSkinnyRows ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
+}
+
+}  // namespace infermode::avx512

@@ -1,0 +1,58 @@
+#pragma once
+// One table of function pointers per kernel family, filled once from cpuid. Ops call through
+// kernels(); tests and benchmarks can ask for the table of any ISA the host supports.
+#include <cstddef>
+#include <cstdint>
+
+#include "core/cpu_features.h"
+
+namespace infermode {
+
+// C[m, n] = A[m, k] @ B, where B is stored as [k, n] rows (ldb >= n) or, when b_nk, as [n, k]
+// rows (a Linear weight, ldb >= k). A rows are lda apart, C rows ldc apart.
+struct GemmShape {
+  int64_t m, n, k;
+  int64_t lda, ldb, ldc;
+  bool b_nk;
+};
+
+// y[r, :] = x[r, :] * rsqrt(mean(x[r, :]^2) + eps) * w, over rows [0, rows).
+using RmsNormKernel = void (*)(const float* x, const float* w, float* y, int64_t rows,
+                               int64_t dim, float eps);
+// Thread ith of nth computes its share of C; threads meet at barrier() between phases and share
+// `work` (workspace_floats(shape, nth) floats, 64-byte aligned).
+struct MatmulF32Kernel {
+  void (*run)(const float* a, const float* b, float* c, const GemmShape& s, float* work, int ith,
+              int nth);
+  size_t (*workspace_floats)(const GemmShape& s, int nth);
+};
+// Sum of x[0, n), accumulated wider than the inputs.
+using SumF32Kernel = double (*)(const float* x, int64_t n);
+
+template <typename Fn>
+struct KernelEntry {
+  Fn fn{};
+  Isa isa = Isa::ref;  // which implementation filled it
+};
+
+struct KernelTable {
+  Isa cap = Isa::ref;
+  KernelEntry<RmsNormKernel> rms_norm;
+  KernelEntry<MatmulF32Kernel> matmul_f32;
+  KernelEntry<SumF32Kernel> sum_f32;
+};
+
+// The active table: the best ISA this CPU has, capped by INFERMODE_ISA or set_isa().
+const KernelTable& kernels();
+// The table capped at `isa`; ValueError if this CPU cannot run it.
+const KernelTable& kernels_for(Isa isa);
+// Changes the active cap for the whole process; ValueError if this CPU cannot run it.
+void set_isa(Isa isa);
+Isa active_isa();
+
+// Each ISA folder overwrites the entries it implements.
+namespace ref { void fill_table(KernelTable& t); }
+namespace avx2 { void fill_table(KernelTable& t); }
+namespace avx512 { void fill_table(KernelTable& t); }
+
+}  // namespace infermode

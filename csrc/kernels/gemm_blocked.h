@@ -1,0 +1,117 @@
+#pragma once
+// The cache-blocked GEMM driver shared by the ISA folders (the Goto/BLIS loop nest):
+//   for each NC-wide panel of B, for each KC-deep slice:
+//     the team packs B[pc:pc+kc, jc:jc+nc] into NR-wide micro-panels (shared, L3-resident);
+//     each thread packs its MC rows of A into MR-tall micro-panels (private, L2-resident)
+//     and runs the MR x NR micro-kernel over every (A micro-panel, B micro-panel) pair.
+// Only ISA folders include this file, each compiled with its own flags, so everything here has
+// internal linkage: two folders' copies must never be merged by the linker.
+#include <algorithm>
+#include <cstdint>
+
+#include "core/thread_pool.h"
+#include "kernels/dispatch.h"
+
+namespace infermode {
+namespace {
+
+// Micro must provide MR, NR, KC, MC, NC and
+//   static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc,
+//                    int mr, int nr, bool accumulate);
+// computing C[0:mr, 0:nr] (+)= Ap (kc x MR, k-major) * Bp (kc x NR, k-major).
+template <typename Micro>
+struct BlockedGemm {
+  static constexpr int MR = Micro::MR, NR = Micro::NR;
+  static constexpr int64_t KC = Micro::KC, MC = Micro::MC, NC = Micro::NC;
+
+  static int64_t kc_max(const GemmShape& s) { return std::min<int64_t>(s.k, KC); }
+  static int64_t nc_max(const GemmShape& s) {
+    return std::min<int64_t>((s.n + NR - 1) / NR * NR, NC);
+  }
+
+  static size_t workspace_floats(const GemmShape& s, int nth) {
+    const int64_t kc = kc_max(s);
+    return size_t(kc * nc_max(s) + int64_t(nth) * MC * kc + 64);
+  }
+
+  // Rows [i0, i0+mc) of A, columns [p0, p0+kc), into MR-tall panels; rows past mc are zero.
+  static void pack_a(const float* a, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                     float* ap) {
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+      const int mr = int(std::min<int64_t>(MR, mc - ir));
+      for (int i = 0; i < MR; ++i) {
+        if (i < mr) {
+          const float* src = a + (i0 + ir + i) * lda + p0;
+          for (int64_t p = 0; p < kc; ++p) ap[p * MR + i] = src[p];
+        } else {
+          for (int64_t p = 0; p < kc; ++p) ap[p * MR + i] = 0.0f;
+        }
+      }
+      ap += MR * kc;
+    }
+  }
+
+  // Columns [j0, j0+nr) of B, rows [p0, p0+kc), into one NR-wide panel; columns past nr are zero.
+  static void pack_b(const float* b, const GemmShape& s, int64_t p0, int64_t kc, int64_t j0,
+                     int nr, float* bp) {
+    if (!s.b_nk) {
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* src = b + (p0 + p) * s.ldb + j0;
+        float* dst = bp + p * NR;
+        for (int j = 0; j < nr; ++j) dst[j] = src[j];
+        for (int j = nr; j < NR; ++j) dst[j] = 0.0f;
+      }
+    } else {
+      for (int j = 0; j < NR; ++j) {
+        if (j < nr) {
+          const float* src = b + (j0 + j) * s.ldb + p0;
+          for (int64_t p = 0; p < kc; ++p) bp[p * NR + j] = src[p];
+        } else {
+          for (int64_t p = 0; p < kc; ++p) bp[p * NR + j] = 0.0f;
+        }
+      }
+    }
+  }
+
+  static void run(const float* a, const float* b, float* c, const GemmShape& s, float* work,
+                  int ith, int nth) {
+    const int64_t kcm = kc_max(s);
+    float* bpack = work;
+    float* apack = work + kcm * nc_max(s) + int64_t(ith) * MC * kcm;
+    // Enough rows for every thread to own whole micro-panels: split rows, share all of B.
+    // Otherwise (few rows), every thread packs all of A and takes a share of B's panels.
+    const bool split_rows = (s.m + MR - 1) / MR >= 2 * nth;
+    const Range rows = split_rows ? split_range(s.m, ith, nth, MR) : Range{0, s.m};
+
+    for (int64_t jc = 0; jc < s.n; jc += NC) {
+      const int64_t nc = std::min(NC, s.n - jc);
+      const int64_t panels = (nc + NR - 1) / NR;
+      for (int64_t pc = 0; pc < s.k; pc += KC) {
+        const int64_t kc = std::min(KC, s.k - pc);
+        const Range mine = split_range(panels, ith, nth);
+        for (int64_t q = mine.begin; q < mine.end; ++q)
+          pack_b(b, s, pc, kc, jc + q * NR, int(std::min<int64_t>(NR, nc - q * NR)),
+                 bpack + q * NR * kc);
+        barrier();
+        const Range cols = split_rows ? Range{0, panels} : mine;
+        for (int64_t ic = rows.begin; ic < rows.end; ic += MC) {
+          const int64_t mc = std::min(MC, rows.end - ic);
+          pack_a(a, s.lda, ic, mc, pc, kc, apack);
+          for (int64_t q = cols.begin; q < cols.end; ++q) {
+            const int nr = int(std::min<int64_t>(NR, nc - q * NR));
+            const float* bp = bpack + q * NR * kc;
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const int mr = int(std::min<int64_t>(MR, mc - ir));
+              Micro::tile(kc, apack + ir * kc, bp, c + (ic + ir) * s.ldc + jc + q * NR, s.ldc,
+                          mr, nr, pc > 0);
+            }
+          }
+        }
+        barrier();  // nobody may repack B while another thread still reads it
+      }
+    }
+  }
+};
+
+}  // namespace
+}  // namespace infermode

@@ -1,0 +1,11 @@
+#pragma once
+#include "core/tensor.h"
+
+namespace infermode {
+
+// Sum of every element of a contiguous float32 tensor, accumulated in float64 across threads.
+// It reads each byte once and does almost no arithmetic, so the benchmarks time it to measure
+// the machine's read bandwidth with the same threads as the kernels they judge.
+double sum(const Tensor& x, int threads = 0);
+
+}  // namespace infermode

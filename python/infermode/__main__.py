@@ -1,0 +1,3 @@
+from infermode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""Native kernels on NumPy arrays and CPU torch tensors, without copying.
+
+Each op borrows its inputs' memory (NumPy's buffer, or a torch CPU tensor's storage through
+``Tensor.numpy()``), releases the GIL while the C++ kernel runs, and returns a new array that
+owns its memory — a ``torch.Tensor`` view of it when any input was a torch tensor. The fastest
+kernel this CPU supports is used (see :func:`infermode.cpu_info`).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import numpy as np
+
+from infermode._ext import _core
+
+__all__ = ["matmul", "rms_norm", "sum"]
+
+
+def _as_array(x: Any, name: str) -> tuple:
+    """(NumPy view of x, whether x was a torch tensor)."""
+    if isinstance(x, np.ndarray):
+        return x, False
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"{name} is on {x.device}; infermode's core runs on the CPU: pass {name}.cpu()"
+            )
+        if x.dtype == torch.bfloat16:
+            raise TypeError(f"{name} has dtype torch.bfloat16; this op takes float32")
+        return x.detach().numpy(), True
+    raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
+
+
+def _threads(threads: Optional[int]) -> int:
+    if threads is None:
+        return 0
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
+
+
+def _result(array: np.ndarray, out: Any, as_torch: bool) -> Any:
+    if out is not None:
+        return out
+    if as_torch:
+        import torch
+
+        return torch.from_numpy(array)
+    return array
+
+
+def rms_norm(
+    x: Any, weight: Any, eps: float = 1e-6, *, out: Any = None, threads: Optional[int] = None
+) -> Any:
+    """RMSNorm over the last dim: ``x * rsqrt(mean(x**2, -1) + eps) * weight`` (float32).
+
+        y = im.ops.rms_norm(x, model.norm.weight, eps=1e-6)
+    """
+    xa, xt = _as_array(x, "x")
+    wa, wt = _as_array(weight, "weight")
+    oa = None if out is None else _as_array(out, "out")[0]
+    result = _core.rms_norm(xa, wa, float(eps), oa, _threads(threads))
+    return _result(result, out, xt or wt)
+
+
+def matmul(a: Any, b: Any, *, out: Any = None, threads: Optional[int] = None) -> Any:
+    """``a @ b`` in float32; ``b`` [k, n] may be row-major or a transposed [n, k] weight (``w.T``).
+
+        y = im.ops.matmul(x, linear.weight.T)     # no copy of the weight
+    """
+    aa, at = _as_array(a, "a")
+    ba, bt = _as_array(b, "b")
+    oa = None if out is None else _as_array(out, "out")[0]
+    result = _core.matmul(aa, ba, oa, _threads(threads))
+    return _result(result, out, at or bt)
+
+
+def sum(x: Any, *, threads: Optional[int] = None) -> float:  # noqa: A001 - mirrors numpy.sum
+    """Sum of all elements of a contiguous float32 array, accumulated in float64.
+
+    It reads every byte once, so timing it measures the memory read bandwidth.
+    """
+    xa, _ = _as_array(x, "x")
+    return float(_core.sum(xa, _threads(threads)))
