@@ -11,6 +11,9 @@ namespace {
 
 // Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
 constexpr int64_t kSkinnyRows = 8;
+// The skinny kernel over a [k, n] B: columns per tile, and how many rows ahead it prefetches.
+constexpr int64_t kTileCols = 1024;
+constexpr int64_t kPrefetchRows = 2;
 
 // Lanes [0, n) on: for maskload / maskstore.
 __m256i mask_upto(int64_t n) {
@@ -74,7 +77,12 @@ void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   const float* b1 = b + ldb;
   const float* b2 = b + 2 * ldb;
   const float* b3 = b + 3 * ldb;
+  // The next four rows usually follow these in memory: pull them in while these are summed, so
+  // DRAM always has requests in flight (the hardware prefetcher alone stops at page ends).
+  const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
   for (int64_t p = 0; p < kv; p += 8) {
+    _mm_prefetch(next + 16 * p, _MM_HINT_T0);
+    _mm_prefetch(next + 16 * p + 64, _MM_HINT_T0);
     const __m256 w0 = _mm256_loadu_ps(b0 + p), w1 = _mm256_loadu_ps(b1 + p);
     const __m256 w2 = _mm256_loadu_ps(b2 + p), w3 = _mm256_loadu_ps(b3 + p);
     for (int i = 0; i < MI; ++i) {
@@ -120,33 +128,38 @@ void skinny_nk_rows(const float* a, const float* b, float* c, const GemmShape& s
   for (; j < j1; ++j) dot_rows1<MI>(a, s.lda, b + j * s.ldb, c + j, s.ldc, s.k);
 }
 
-// B stored [k, n]: C[i, j:j+32] accumulates a[i, p] * B[p, j:j+32] down the k rows of B.
+// B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
+// in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
+// narrow register-only tiles would touch a new page of B for every 128 bytes they read.
 template <int MI>
-void axpy_cols32(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                 int64_t ldc, int64_t k, int64_t width) {
-  __m256i m[4];
-  for (int q = 0; q < 4; ++q) m[q] = mask_upto(width - 8 * q);
-  __m256 acc[MI][4];
+void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t k, int64_t width) {
+  const int64_t wv = width - width % 8;
   for (int i = 0; i < MI; ++i)
-    for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_setzero_ps();
+    for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
   for (int64_t p = 0; p < k; ++p) {
     const float* bp = b + p * ldb;
-    __m256 w[4];
-    for (int q = 0; q < 4; ++q) w[q] = _mm256_maskload_ps(bp + 8 * q, m[q]);
-    for (int i = 0; i < MI; ++i) {
-      const __m256 x = _mm256_broadcast_ss(a + i * lda + p);
-      for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_fmadd_ps(x, w[q], acc[i][q]);
+    const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
+    __m256 x[MI];
+    for (int i = 0; i < MI; ++i) x[i] = _mm256_set1_ps(a[i * lda + p]);
+    for (int64_t v = 0; v < wv; v += 8) {
+      if (v % 16 == 0) _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
+      const __m256 w = _mm256_loadu_ps(bp + v);
+      for (int i = 0; i < MI; ++i) {
+        float* ci = c + i * ldc + v;
+        _mm256_storeu_ps(ci, _mm256_fmadd_ps(x[i], w, _mm256_loadu_ps(ci)));
+      }
     }
+    for (int64_t v = wv; v < width; ++v)
+      for (int i = 0; i < MI; ++i) c[i * ldc + v] += a[i * lda + p] * bp[v];
   }
-  for (int i = 0; i < MI; ++i)
-    for (int q = 0; q < 4; ++q) _mm256_maskstore_ps(c + i * ldc + 8 * q, m[q], acc[i][q]);
 }
 
 template <int MI>
 void skinny_kn_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
                     int64_t j1) {
-  for (int64_t j = j0; j < j1; j += 32)
-    axpy_cols32<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(32, j1 - j));
+  for (int64_t j = j0; j < j1; j += kTileCols)
+    axpy_tile<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(kTileCols, j1 - j));
 }
 
 void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
@@ -176,7 +189,7 @@ void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth) {
   if (s.m <= kSkinnyRows) {
-    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 32);
+    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
     if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
     return;
   }

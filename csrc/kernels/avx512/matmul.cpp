@@ -11,6 +11,9 @@ namespace {
 
 // Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
 constexpr int64_t kSkinnyRows = 8;
+// The skinny kernel over a [k, n] B: columns per tile, and how many rows ahead it prefetches.
+constexpr int64_t kTileCols = 1024;
+constexpr int64_t kPrefetchRows = 2;
 
 __mmask16 mask_upto(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
@@ -64,7 +67,14 @@ void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   const float* b1 = b + ldb;
   const float* b2 = b + 2 * ldb;
   const float* b3 = b + 3 * ldb;
+  // The next four rows usually follow these in memory: pull them in while these are summed, so
+  // DRAM always has requests in flight (the hardware prefetcher alone stops at page ends).
+  const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
   auto step = [&](int64_t p, __mmask16 m) {
+    _mm_prefetch(next + 16 * p, _MM_HINT_T0);
+    _mm_prefetch(next + 16 * p + 64, _MM_HINT_T0);
+    _mm_prefetch(next + 16 * p + 128, _MM_HINT_T0);
+    _mm_prefetch(next + 16 * p + 192, _MM_HINT_T0);
     const __m512 w0 = _mm512_maskz_loadu_ps(m, b0 + p), w1 = _mm512_maskz_loadu_ps(m, b1 + p);
     const __m512 w2 = _mm512_maskz_loadu_ps(m, b2 + p), w3 = _mm512_maskz_loadu_ps(m, b3 + p);
     for (int i = 0; i < MI; ++i) {
@@ -102,33 +112,44 @@ void skinny_nk_rows(const float* a, const float* b, float* c, const GemmShape& s
   for (; j < j1; ++j) dot_rows1<MI>(a, s.lda, b + j * s.ldb, c + j, s.ldc, s.k);
 }
 
-// B stored [k, n]: C[i, j:j+64] accumulates a[i, p] * B[p, j:j+64] down the k rows of B.
+// B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
+// in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
+// narrow register-only tiles would touch a new page of B for every 256 bytes they read.
 template <int MI>
-void axpy_cols64(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
-                 int64_t ldc, int64_t k, int64_t width) {
-  __mmask16 m[4];
-  for (int q = 0; q < 4; ++q) m[q] = mask_upto(width - 16 * q > 0 ? width - 16 * q : 0);
-  __m512 acc[MI][4];
+void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+               int64_t k, int64_t width) {
+  const int64_t wv = width - width % 16;
+  const __mmask16 tail = mask_upto(width - wv);
   for (int i = 0; i < MI; ++i)
-    for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+    for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
   for (int64_t p = 0; p < k; ++p) {
     const float* bp = b + p * ldb;
-    __m512 w[4];
-    for (int q = 0; q < 4; ++q) w[q] = _mm512_maskz_loadu_ps(m[q], bp + 16 * q);
-    for (int i = 0; i < MI; ++i) {
-      const __m512 x = _mm512_set1_ps(a[i * lda + p]);
-      for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_fmadd_ps(x, w[q], acc[i][q]);
+    const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
+    __m512 x[MI];
+    for (int i = 0; i < MI; ++i) x[i] = _mm512_set1_ps(a[i * lda + p]);
+    for (int64_t v = 0; v < wv; v += 16) {
+      _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
+      const __m512 w = _mm512_loadu_ps(bp + v);
+      for (int i = 0; i < MI; ++i) {
+        float* ci = c + i * ldc + v;
+        _mm512_storeu_ps(ci, _mm512_fmadd_ps(x[i], w, _mm512_loadu_ps(ci)));
+      }
+    }
+    if (tail) {
+      const __m512 w = _mm512_maskz_loadu_ps(tail, bp + wv);
+      for (int i = 0; i < MI; ++i) {
+        float* ci = c + i * ldc + wv;
+        _mm512_mask_storeu_ps(ci, tail, _mm512_fmadd_ps(x[i], w, _mm512_maskz_loadu_ps(tail, ci)));
+      }
     }
   }
-  for (int i = 0; i < MI; ++i)
-    for (int q = 0; q < 4; ++q) _mm512_mask_storeu_ps(c + i * ldc + 16 * q, m[q], acc[i][q]);
 }
 
 template <int MI>
 void skinny_kn_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
                     int64_t j1) {
-  for (int64_t j = j0; j < j1; j += 64)
-    axpy_cols64<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(64, j1 - j));
+  for (int64_t j = j0; j < j1; j += kTileCols)
+    axpy_tile<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(kTileCols, j1 - j));
 }
 
 // Rows of A in groups of up to four; B columns [j0, j1) belong to this thread.
@@ -161,7 +182,7 @@ void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth) {
   if (s.m <= kSkinnyRows) {
-    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 64);
+    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
     if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
     return;
   }
