@@ -86,6 +86,15 @@ py::dict memory_dict() {
 // on the thread that entered it.
 class PyInferenceMode {
  public:
+  PyInferenceMode() = default;
+  PyInferenceMode(const PyInferenceMode&) = delete;
+  PyInferenceMode& operator=(const PyInferenceMode&) = delete;
+  // A guard still open when Python collects its object is closed here, but only on its own
+  // thread: closing it elsewhere would pop another thread's arena.
+  ~PyInferenceMode() {
+    if (guard_ && owner_ != std::this_thread::get_id()) (void)guard_.release();
+  }
+
   void enter() {
     IM_CHECK_RUNTIME(!guard_, "this inference_mode object is already active; make a new one");
     owner_ = std::this_thread::get_id();
