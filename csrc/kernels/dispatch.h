@@ -26,7 +26,7 @@ struct MatmulF32Kernel {
               int nth);
   size_t (*workspace_floats)(const GemmShape& s, int nth);
 };
-// Sum of x[0, n), accumulated wider than the inputs.
+// Sum of x[0, n): float within blocks of a few thousand elements, double across blocks.
 using SumF32Kernel = double (*)(const float* x, int64_t n);
 
 template <typename Fn>

@@ -78,7 +78,7 @@ def matmul(a: Any, b: Any, *, out: Any = None, threads: Optional[int] = None) ->
 
 
 def sum(x: Any, *, threads: Optional[int] = None) -> float:  # noqa: A001 - mirrors numpy.sum
-    """Sum of all elements of a contiguous float32 array, accumulated in float64.
+    """Sum of all elements of a contiguous float32 array (float32 blocks, float64 across them).
 
     It reads every byte once, so timing it measures the memory read bandwidth.
     """

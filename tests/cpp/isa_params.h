@@ -14,6 +14,7 @@ namespace infermode::testing {
 // Named tolerances, relative to the size of the values involved.
 constexpr float kTolF32Elementwise = 2e-6f;  // one rounding per op, float32 accumulation
 constexpr float kTolF32Dot = 2e-6f;          // per sqrt(k): float32 FMA chains vs double
+constexpr double kTolF32BlockSum = 1e-6;     // float32 sums over blocks, then double
 
 inline std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
