@@ -54,6 +54,18 @@ struct Micro {
   }
 };
 
+// Four horizontal sums at once: {sum(a0), sum(a1), sum(a2), sum(a3)}. Reducing each vector on
+// its own costs a chain of shuffles per row, a fifth of the time when rows are short.
+__m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  const __m512 s01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 s23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  // Per 128-bit lane: {a0, a1, a2, a3} partial sums.
+  const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(s01, s23, _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 // B stored [n, k] (a Linear weight): every output is a dot product of an A row with a B row.
 // Four B rows are read together so each load of A feeds four FMAs; MI rows of A at a time.
 template <int MI>
@@ -67,14 +79,15 @@ void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
   const float* b1 = b + ldb;
   const float* b2 = b + 2 * ldb;
   const float* b3 = b + 3 * ldb;
-  // The next four rows usually follow these in memory: pull them in while these are summed, so
-  // DRAM always has requests in flight (the hardware prefetcher alone stops at page ends).
+  // The next four rows usually follow these in memory: start pulling them into L2 while these
+  // are summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at
+  // page ends). L2, not L1: a block of four long rows would not survive in L1 until its turn.
   const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
   auto step = [&](int64_t p, __mmask16 m) {
-    _mm_prefetch(next + 16 * p, _MM_HINT_T0);
-    _mm_prefetch(next + 16 * p + 64, _MM_HINT_T0);
-    _mm_prefetch(next + 16 * p + 128, _MM_HINT_T0);
-    _mm_prefetch(next + 16 * p + 192, _MM_HINT_T0);
+    _mm_prefetch(next + 16 * p, _MM_HINT_T1);
+    _mm_prefetch(next + 16 * p + 64, _MM_HINT_T1);
+    _mm_prefetch(next + 16 * p + 128, _MM_HINT_T1);
+    _mm_prefetch(next + 16 * p + 192, _MM_HINT_T1);
     const __m512 w0 = _mm512_maskz_loadu_ps(m, b0 + p), w1 = _mm512_maskz_loadu_ps(m, b1 + p);
     const __m512 w2 = _mm512_maskz_loadu_ps(m, b2 + p), w3 = _mm512_maskz_loadu_ps(m, b3 + p);
     for (int i = 0; i < MI; ++i) {
@@ -85,10 +98,15 @@ void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* 
       acc[i][3] = _mm512_fmadd_ps(x, w3, acc[i][3]);
     }
   };
-  for (int64_t p = 0; p < kv; p += 16) step(p, 0xFFFF);
+  int64_t p = 0;
+  for (; p + 32 <= kv; p += 32) {
+    step(p, 0xFFFF);
+    step(p + 16, 0xFFFF);
+  }
+  for (; p < kv; p += 16) step(p, 0xFFFF);
   if (kv < k) step(kv, mask_upto(k - kv));
   for (int i = 0; i < MI; ++i)
-    for (int r = 0; r < 4; ++r) c[i * ldc + r] = _mm512_reduce_add_ps(acc[i][r]);
+    _mm_storeu_ps(c + i * ldc, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
 }
 
 template <int MI>
