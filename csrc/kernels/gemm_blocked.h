@@ -4,8 +4,10 @@
 //     the team packs B[pc:pc+kc, jc:jc+nc] into NR-wide micro-panels (shared, L3-resident);
 //     each thread packs its MC rows of A into MR-tall micro-panels (private, L2-resident)
 //     and runs the MR x NR micro-kernel over every (A micro-panel, B micro-panel) pair.
-// Only ISA folders include this file, each compiled with its own flags, so everything here has
-// internal linkage: two folders' copies must never be merged by the linker.
+// Only ISA folders include this file, each compiled with its own flags (AVX2 at least), so
+// everything here has internal linkage: two folders' copies must never be merged by the linker.
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstdint>
 
@@ -14,6 +16,28 @@
 
 namespace infermode {
 namespace {
+
+// dst[i * ld_dst + j] = src[j * ld_src + i] for an 8 x 8 block: the classic unpack/shuffle/permute
+// transpose, three rounds of eight shuffles instead of 64 scalar moves.
+inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {
+    for (int q = 0; q < 2; ++q) {
+      const __m256 a = t[4 * h + q], b = t[4 * h + q + 2];
+      r[4 * h + 2 * q] = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * h + 2 * q + 1] = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
 
 // Micro must provide MR, NR, KC, MC, NC and
 //   static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc,
@@ -62,13 +86,18 @@ struct BlockedGemm {
         for (int j = nr; j < NR; ++j) dst[j] = 0.0f;
       }
     } else {
+      // B rows are [n, k]: a transpose. Whole 8 x 8 blocks go through registers; the ragged
+      // edges (k % 8 columns, rows past nr) are moved one by one.
+      const int full_rows = nr - nr % 8;
+      const int64_t full_k = kc - kc % 8;
+      for (int j = 0; j < full_rows; j += 8)
+        for (int64_t p = 0; p < full_k; p += 8)
+          transpose8x8(b + (j0 + j) * s.ldb + p0 + p, s.ldb, bp + p * NR + j, NR);
       for (int j = 0; j < NR; ++j) {
-        if (j < nr) {
-          const float* src = b + (j0 + j) * s.ldb + p0;
-          for (int64_t p = 0; p < kc; ++p) bp[p * NR + j] = src[p];
-        } else {
-          for (int64_t p = 0; p < kc; ++p) bp[p * NR + j] = 0.0f;
-        }
+        const bool real = j < nr;
+        const float* src = b + (j0 + j) * s.ldb + p0;
+        for (int64_t p = (j < full_rows ? full_k : 0); p < kc; ++p)
+          bp[p * NR + j] = real ? src[p] : 0.0f;
       }
     }
   }

@@ -10,7 +10,9 @@ namespace infermode::avx512 {
 namespace {
 
 // Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
-constexpr int64_t kSkinnyRows = 8;
+// A Linear weight ([n, k] rows) serves more rows that way, since a block of its rows stays in L1
+// while every row of A passes over it; a [k, n] B is re-read from L2/L3 per group of four rows.
+int64_t skinny_rows(const GemmShape& s) { return s.b_nk ? 16 : 8; }
 // The skinny kernel over a [k, n] B: columns per tile, and how many rows ahead it prefetches.
 constexpr int64_t kTileCols = 1024;
 constexpr int64_t kPrefetchRows = 2;
@@ -199,7 +201,7 @@ void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_
 
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth) {
-  if (s.m <= kSkinnyRows) {
+  if (s.m <= skinny_rows(s)) {
     const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
     if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
     return;
@@ -208,7 +210,7 @@ void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, fl
 }
 
 size_t matmul_f32_workspace(const GemmShape& s, int nth) {
-  return s.m <= kSkinnyRows ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
+  return s.m <= skinny_rows(s) ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
 }
 
 }  // namespace infermode::avx512
