@@ -14,6 +14,10 @@ What is compared, and how:
   speed is a bandwidth: weight bytes / time, shown next to the read bandwidth the machine gives
   in the same run, measured with `im.ops.sum` (i) on the weight itself, same bytes, same cache
   level, and (ii) on a 1 GiB buffer, which no cache holds (DRAM).
+* GEMV "cold": the same shape as decode really sees it. A decoder reads every layer's weights
+  once per token, so a weight is never in cache when its turn comes; here each call reads the
+  next of enough copies (>= 512 MiB in all) that none is. The 17 MB weights of the warm rows fit
+  the L3 cache, so warm rows measure the cache's bandwidth and cold rows the DRAM's.
 * One process, the same thread count for everyone (`threads=` and `torch.set_num_threads`), warm
   (a calibration pass first), outputs preallocated for both engines so the kernels are timed and
   not the allocator. Within each repetition the engines of a shape run one after another, in an
@@ -143,6 +147,42 @@ def _read_engine(buf: np.ndarray, isa: str, threads: int) -> Engine:
     return Engine("read", isa, lambda: im.ops.sum(buf, threads=threads))
 
 
+def _rotating(calls: List[Callable[[], object]]) -> Callable[[], object]:
+    """One call of the next function in the list, round robin."""
+    state = {"i": 0}
+
+    def call() -> object:
+        i = state["i"]
+        state["i"] = (i + 1) % len(calls)
+        return calls[i]()
+
+    return call
+
+
+def _cold_gemv_case(rng, x: np.ndarray, w: np.ndarray, total_bytes: int, isas: List[str],
+                    threads: int) -> Case:
+    """The same GEMV as in decode: each call reads a different copy of the weight, enough copies
+    that none is still in cache when its turn comes again (a decoder's layers are too)."""
+    copies = [w] + [rng.standard_normal(w.shape, dtype=np.float32)
+                    for _ in range(max(1, -(-total_bytes // w.nbytes)) - 1)]
+    n = w.shape[0]
+    engines = []
+    for isa in isas:
+        out = np.empty((1, n), dtype=np.float32)
+        engines.append(Engine(f"infermode/{isa}", isa, _rotating(
+            [lambda c=c, out=out: im.ops.matmul(x, c.T, out=out, threads=threads) for c in copies])))
+    tx, tout = torch.from_numpy(x), torch.empty((1, n), dtype=torch.float32)
+    tcopies = [torch.from_numpy(c) for c in copies]
+    engines.append(Engine("torch", None, _rotating(
+        [lambda c=c: torch.matmul(tx, c.t(), out=tout) for c in tcopies])))
+    flat = [c.reshape(-1) for c in copies]
+    engines.append(Engine("read", isas[0], _rotating(
+        [lambda c=c: im.ops.sum(c, threads=threads) for c in flat])))
+    k = w.shape[1]
+    return Case(f"GEMV M=1 K={k} N={n} cold", "gemv", 1, k, n,
+                f"W[n,k] (x @ W.T), {len(copies)} copies in turn", w.nbytes, engines)
+
+
 def build_cases(quick: bool, threads: int, isas: List[str]) -> List[Case]:
     rng = np.random.default_rng(0)
     shapes = _shapes(quick)
@@ -165,6 +205,8 @@ def build_cases(quick: bool, threads: int, isas: List[str]) -> List[Case]:
         engines.append(_read_engine(w.reshape(-1), best, threads))
         cases.append(Case(f"GEMV M=1 K={k} N={n}", "gemv", 1, k, n, "W[n,k] (x @ W.T)",
                           w.nbytes, engines))
+        if w.nbytes < shapes["dram_bytes"] // 2:
+            cases.append(_cold_gemv_case(rng, x, w, shapes["dram_bytes"] // 2, isas, threads))
     # np.ones writes every page: a never-touched (calloc'd) buffer would read the shared zero page.
     dram = np.ones(shapes["dram_bytes"] // 4, dtype=np.float32)
     cases.append(Case(f"read {dram.nbytes / GIB:g} GiB (DRAM)", "read", 0, 0, 0, "", dram.nbytes,
