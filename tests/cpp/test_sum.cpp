@@ -19,7 +19,8 @@ TEST_P(SumIsa, MatchesRefOnOddSizes) {
     double want = kernels_for(Isa::ref).sum_f32.fn(x.data(), n);
     double scale = 0.0;
     for (float v : x) scale += std::fabs(v);
-    EXPECT_NEAR(isa.sum_f32.fn(x.data(), n), want, testing::kTolF32BlockSum * (scale + 1.0)) << "n=" << n;
+    EXPECT_NEAR(isa.sum_f32.fn(x.data(), n), want, testing::kTolF32BlockSum * (scale + 1.0))
+        << "n=" << n;
   }
 }
 

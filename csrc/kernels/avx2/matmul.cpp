@@ -4,30 +4,20 @@
 
 #include "core/thread_pool.h"
 #include "kernels/avx2/avx2.h"
+#include "kernels/avx2/hsum.h"
 #include "kernels/gemm_blocked.h"
+#include "kernels/gemm_skinny.h"
 
 namespace infermode::avx2 {
 namespace {
 
-// Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
-// A Linear weight ([n, k] rows) serves more rows that way, since a block of its rows stays in L1
-// while every row of A passes over it; a [k, n] B is re-read from L2/L3 per group of four rows.
-int64_t skinny_rows(const GemmShape& s) { return s.b_nk ? 16 : 8; }
-// The skinny kernel over a [k, n] B: columns per tile, and how many rows ahead it prefetches.
-constexpr int64_t kTileCols = 1024;
+// How many rows of a [k, n] B ahead the skinny kernel prefetches.
 constexpr int64_t kPrefetchRows = 2;
 
 // Lanes [0, n) on: for maskload / maskstore.
 __m256i mask_upto(int64_t n) {
   const int v = int(n < 0 ? 0 : (n > 8 ? 8 : n));
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 // 6 x 16 tile: 12 ymm accumulators, 2 for B, 1 for the broadcast of A.
@@ -67,132 +57,101 @@ struct Micro {
   }
 };
 
-// B stored [n, k]: dot products of MI A rows with four B rows at a time.
-template <int MI>
-void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t k) {
-  __m256 acc[MI][4];
-  for (int i = 0; i < MI; ++i)
-    for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
-  const int64_t kv = k - k % 8;
-  const float* b0 = b;
-  const float* b1 = b + ldb;
-  const float* b2 = b + 2 * ldb;
-  const float* b3 = b + 3 * ldb;
-  // The next four rows usually follow these in memory: pull them in while these are summed, so
-  // DRAM always has requests in flight (the hardware prefetcher alone stops at page ends).
-  const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
-  for (int64_t p = 0; p < kv; p += 8) {
-    _mm_prefetch(next + 16 * p, _MM_HINT_T0);
-    _mm_prefetch(next + 16 * p + 64, _MM_HINT_T0);
-    const __m256 w0 = _mm256_loadu_ps(b0 + p), w1 = _mm256_loadu_ps(b1 + p);
-    const __m256 w2 = _mm256_loadu_ps(b2 + p), w3 = _mm256_loadu_ps(b3 + p);
-    for (int i = 0; i < MI; ++i) {
-      const __m256 x = _mm256_loadu_ps(a + i * lda + p);
-      acc[i][0] = _mm256_fmadd_ps(x, w0, acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(x, w1, acc[i][1]);
-      acc[i][2] = _mm256_fmadd_ps(x, w2, acc[i][2]);
-      acc[i][3] = _mm256_fmadd_ps(x, w3, acc[i][3]);
-    }
-  }
-  for (int i = 0; i < MI; ++i) {
-    const float* ai = a + i * lda;
-    for (int r = 0; r < 4; ++r) {
-      float t = hsum(acc[i][r]);
-      for (int64_t p = kv; p < k; ++p) t += ai[p] * b[r * ldb + p];
-      c[i * ldc + r] = t;
-    }
-  }
-}
+// The skinny path's kernels (see gemm_skinny.h): 3 rows of A per pass.
+struct Skinny {
+  static constexpr int kGroup = 3;
+  static constexpr int64_t kTileCols = 1024;  // [k, n] B: columns per tile
 
-template <int MI>
-void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc, int64_t k) {
-  __m256 acc[MI];
-  for (int i = 0; i < MI; ++i) acc[i] = _mm256_setzero_ps();
-  const int64_t kv = k - k % 8;
-  for (int64_t p = 0; p < kv; p += 8) {
-    const __m256 w = _mm256_loadu_ps(b + p);
+  // B stored [n, k]: dot products of MI A rows with four B rows at a time.
+  template <int MI>
+  static void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                        int64_t ldc, int64_t k) {
+    __m256 acc[MI][4];
     for (int i = 0; i < MI; ++i)
-      acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + p), w, acc[i]);
-  }
-  for (int i = 0; i < MI; ++i) {
-    float t = hsum(acc[i]);
-    for (int64_t p = kv; p < k; ++p) t += a[i * lda + p] * b[p];
-    c[i * ldc] = t;
-  }
-}
-
-template <int MI>
-void skinny_nk_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
-                    int64_t j1) {
-  int64_t j = j0;
-  for (; j + 4 <= j1; j += 4) dot_rows4<MI>(a, s.lda, b + j * s.ldb, s.ldb, c + j, s.ldc, s.k);
-  for (; j < j1; ++j) dot_rows1<MI>(a, s.lda, b + j * s.ldb, c + j, s.ldc, s.k);
-}
-
-// B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
-// in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
-// narrow register-only tiles would touch a new page of B for every 128 bytes they read.
-template <int MI>
-void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t k, int64_t width) {
-  const int64_t wv = width - width % 8;
-  for (int i = 0; i < MI; ++i)
-    for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
-  for (int64_t p = 0; p < k; ++p) {
-    const float* bp = b + p * ldb;
-    const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
-    __m256 x[MI];
-    for (int i = 0; i < MI; ++i) x[i] = _mm256_set1_ps(a[i * lda + p]);
-    for (int64_t v = 0; v < wv; v += 8) {
-      if (v % 16 == 0) _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
-      const __m256 w = _mm256_loadu_ps(bp + v);
+      for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
+    const int64_t kv = k - k % 8;
+    const float* b0 = b;
+    const float* b1 = b + ldb;
+    const float* b2 = b + 2 * ldb;
+    const float* b3 = b + 3 * ldb;
+    // The next four rows usually follow these in memory: pull them in while these are summed, so
+    // DRAM always has requests in flight (the hardware prefetcher alone stops at page ends).
+    const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
+    for (int64_t p = 0; p < kv; p += 8) {
+      _mm_prefetch(next + 16 * p, _MM_HINT_T0);
+      _mm_prefetch(next + 16 * p + 64, _MM_HINT_T0);
+      const __m256 w0 = _mm256_loadu_ps(b0 + p), w1 = _mm256_loadu_ps(b1 + p);
+      const __m256 w2 = _mm256_loadu_ps(b2 + p), w3 = _mm256_loadu_ps(b3 + p);
       for (int i = 0; i < MI; ++i) {
-        float* ci = c + i * ldc + v;
-        _mm256_storeu_ps(ci, _mm256_fmadd_ps(x[i], w, _mm256_loadu_ps(ci)));
+        const __m256 x = _mm256_loadu_ps(a + i * lda + p);
+        acc[i][0] = _mm256_fmadd_ps(x, w0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(x, w1, acc[i][1]);
+        acc[i][2] = _mm256_fmadd_ps(x, w2, acc[i][2]);
+        acc[i][3] = _mm256_fmadd_ps(x, w3, acc[i][3]);
       }
     }
-    for (int64_t v = wv; v < width; ++v)
-      for (int i = 0; i < MI; ++i) c[i * ldc + v] += a[i * lda + p] * bp[v];
-  }
-}
-
-template <int MI>
-void skinny_kn_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
-                    int64_t j1) {
-  for (int64_t j = j0; j < j1; j += kTileCols)
-    axpy_tile<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(kTileCols, j1 - j));
-}
-
-void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
-            int64_t j1) {
-  for (int64_t i = 0; i < s.m; i += 3) {
-    const float* ai = a + i * s.lda;
-    float* ci = c + i * s.ldc;
-    const int64_t mi = std::min<int64_t>(3, s.m - i);
-    if (s.b_nk) {
-      switch (mi) {
-        case 1: skinny_nk_rows<1>(ai, b, ci, s, j0, j1); break;
-        case 2: skinny_nk_rows<2>(ai, b, ci, s, j0, j1); break;
-        default: skinny_nk_rows<3>(ai, b, ci, s, j0, j1); break;
-      }
-    } else {
-      switch (mi) {
-        case 1: skinny_kn_rows<1>(ai, b, ci, s, j0, j1); break;
-        case 2: skinny_kn_rows<2>(ai, b, ci, s, j0, j1); break;
-        default: skinny_kn_rows<3>(ai, b, ci, s, j0, j1); break;
+    for (int i = 0; i < MI; ++i) {
+      const float* ai = a + i * lda;
+      for (int r = 0; r < 4; ++r) {
+        float t = hsum(acc[i][r]);
+        for (int64_t p = kv; p < k; ++p) t += ai[p] * b[r * ldb + p];
+        c[i * ldc + r] = t;
       }
     }
   }
-}
+
+  template <int MI>
+  static void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                        int64_t k) {
+    __m256 acc[MI];
+    for (int i = 0; i < MI; ++i) acc[i] = _mm256_setzero_ps();
+    const int64_t kv = k - k % 8;
+    for (int64_t p = 0; p < kv; p += 8) {
+      const __m256 w = _mm256_loadu_ps(b + p);
+      for (int i = 0; i < MI; ++i)
+        acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + p), w, acc[i]);
+    }
+    for (int i = 0; i < MI; ++i) {
+      float t = hsum(acc[i]);
+      for (int64_t p = kv; p < k; ++p) t += a[i * lda + p] * b[p];
+      c[i * ldc] = t;
+    }
+  }
+
+  // B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
+  // in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
+  // narrow register-only tiles would touch a new page of B for every 128 bytes they read.
+  template <int MI>
+  static void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                        int64_t ldc, int64_t k, int64_t width) {
+    const int64_t wv = width - width % 8;
+    for (int i = 0; i < MI; ++i)
+      for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
+    for (int64_t p = 0; p < k; ++p) {
+      const float* bp = b + p * ldb;
+      const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
+      __m256 x[MI];
+      for (int i = 0; i < MI; ++i) x[i] = _mm256_set1_ps(a[i * lda + p]);
+      for (int64_t v = 0; v < wv; v += 8) {
+        if (v % 16 == 0) _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
+        const __m256 w = _mm256_loadu_ps(bp + v);
+        for (int i = 0; i < MI; ++i) {
+          float* ci = c + i * ldc + v;
+          _mm256_storeu_ps(ci, _mm256_fmadd_ps(x[i], w, _mm256_loadu_ps(ci)));
+        }
+      }
+      for (int64_t v = wv; v < width; ++v)
+        for (int i = 0; i < MI; ++i) c[i * ldc + v] += a[i * lda + p] * bp[v];
+    }
+  }
+};
 
 }  // namespace
 
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth) {
   if (s.m <= skinny_rows(s)) {
-    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
-    if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
+    skinny_run<Skinny>(a, b, c, s, ith, nth);
     return;
   }
   BlockedGemm<Micro>::run(a, b, c, s, work, ith, nth);

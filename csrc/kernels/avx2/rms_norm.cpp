@@ -3,17 +3,9 @@
 #include <cmath>
 
 #include "kernels/avx2/avx2.h"
+#include "kernels/avx2/hsum.h"
 
 namespace infermode::avx2 {
-namespace {
-float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-}  // namespace
-
 void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t dim, float eps) {
   const int64_t dv = dim - dim % 8;
   for (int64_t r = 0; r < rows; ++r) {

@@ -3,17 +3,9 @@
 #include <algorithm>
 
 #include "kernels/avx2/avx2.h"
+#include "kernels/avx2/hsum.h"
 
 namespace infermode::avx2 {
-namespace {
-float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-}  // namespace
-
 // Float sums over blocks of kBlock elements (eight independent chains), added up in double
 // between blocks: as accurate as a 4096-element float sum, and fast enough that the benchmarks
 // can time it as the read bandwidth even when the data sits in cache.
@@ -27,9 +19,8 @@ double sum_f32(const float* x, int64_t n) {
     for (int q = 0; q < 8; ++q) a[q] = _mm256_setzero_ps();
     for (; i < end; i += 64)
       for (int q = 0; q < 8; ++q) a[q] = _mm256_add_ps(a[q], _mm256_loadu_ps(x + i + 8 * q));
-    const __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])),
-                                   _mm256_add_ps(_mm256_add_ps(a[4], a[5]), _mm256_add_ps(a[6], a[7])));
-    total += double(hsum(s));
+    for (int q = 1; q < 8; ++q) a[0] = _mm256_add_ps(a[0], a[q]);
+    total += double(hsum(a[0]));
   }
   for (; i < n; ++i) total += x[i];
   return total;

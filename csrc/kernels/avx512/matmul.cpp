@@ -5,16 +5,12 @@
 #include "core/thread_pool.h"
 #include "kernels/avx512/avx512.h"
 #include "kernels/gemm_blocked.h"
+#include "kernels/gemm_skinny.h"
 
 namespace infermode::avx512 {
 namespace {
 
-// Up to this many rows of A, B is streamed once, unpacked: decode reads each weight exactly once.
-// A Linear weight ([n, k] rows) serves more rows that way, since a block of its rows stays in L1
-// while every row of A passes over it; a [k, n] B is re-read from L2/L3 per group of four rows.
-int64_t skinny_rows(const GemmShape& s) { return s.b_nk ? 16 : 8; }
-// The skinny kernel over a [k, n] B: columns per tile, and how many rows ahead it prefetches.
-constexpr int64_t kTileCols = 1024;
+// How many rows of a [k, n] B ahead the skinny kernel prefetches.
 constexpr int64_t kPrefetchRows = 2;
 
 __mmask16 mask_upto(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
@@ -68,142 +64,109 @@ __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
   return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-// B stored [n, k] (a Linear weight): every output is a dot product of an A row with a B row.
-// Four B rows are read together so each load of A feeds four FMAs; MI rows of A at a time.
-template <int MI>
-void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t k) {
-  __m512 acc[MI][4];
-  for (int i = 0; i < MI; ++i)
-    for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
-  const int64_t kv = k - k % 16;
-  const float* b0 = b;
-  const float* b1 = b + ldb;
-  const float* b2 = b + 2 * ldb;
-  const float* b3 = b + 3 * ldb;
-  // The next four rows usually follow these in memory: start pulling them into L2 while these
-  // are summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at
-  // page ends). L2, not L1: a block of four long rows would not survive in L1 until its turn.
-  const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
-  auto step = [&](int64_t p, __mmask16 m) {
-    _mm_prefetch(next + 16 * p, _MM_HINT_T1);
-    _mm_prefetch(next + 16 * p + 64, _MM_HINT_T1);
-    _mm_prefetch(next + 16 * p + 128, _MM_HINT_T1);
-    _mm_prefetch(next + 16 * p + 192, _MM_HINT_T1);
-    const __m512 w0 = _mm512_maskz_loadu_ps(m, b0 + p), w1 = _mm512_maskz_loadu_ps(m, b1 + p);
-    const __m512 w2 = _mm512_maskz_loadu_ps(m, b2 + p), w3 = _mm512_maskz_loadu_ps(m, b3 + p);
-    for (int i = 0; i < MI; ++i) {
-      const __m512 x = _mm512_maskz_loadu_ps(m, a + i * lda + p);
-      acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
-      acc[i][2] = _mm512_fmadd_ps(x, w2, acc[i][2]);
-      acc[i][3] = _mm512_fmadd_ps(x, w3, acc[i][3]);
-    }
-  };
-  int64_t p = 0;
-  for (; p + 32 <= kv; p += 32) {
-    step(p, 0xFFFF);
-    step(p + 16, 0xFFFF);
-  }
-  for (; p < kv; p += 16) step(p, 0xFFFF);
-  if (kv < k) step(kv, mask_upto(k - kv));
-  for (int i = 0; i < MI; ++i)
-    _mm_storeu_ps(c + i * ldc, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
-}
+// The skinny path's kernels (see gemm_skinny.h): 4 rows of A per pass.
+struct Skinny {
+  static constexpr int kGroup = 4;
+  static constexpr int64_t kTileCols = 1024;  // [k, n] B: columns per tile
 
-template <int MI>
-void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc, int64_t k) {
-  __m512 acc[MI];
-  for (int i = 0; i < MI; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < k; p += 16) {
-    const __mmask16 m = mask_upto(k - p);
-    const __m512 w = _mm512_maskz_loadu_ps(m, b + p);
+  // B stored [n, k] (a Linear weight): every output is a dot product of an A row with a B row.
+  // Four B rows are read together so each load of A feeds four FMAs; MI rows of A at a time.
+  template <int MI>
+  static void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                        int64_t ldc, int64_t k) {
+    __m512 acc[MI][4];
     for (int i = 0; i < MI; ++i)
-      acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i * lda + p), w, acc[i]);
-  }
-  for (int i = 0; i < MI; ++i) c[i * ldc] = _mm512_reduce_add_ps(acc[i]);
-}
-
-template <int MI>
-void skinny_nk_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
-                    int64_t j1) {
-  int64_t j = j0;
-  for (; j + 4 <= j1; j += 4) dot_rows4<MI>(a, s.lda, b + j * s.ldb, s.ldb, c + j, s.ldc, s.k);
-  for (; j < j1; ++j) dot_rows1<MI>(a, s.lda, b + j * s.ldb, c + j, s.ldc, s.k);
-}
-
-// B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
-// in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
-// narrow register-only tiles would touch a new page of B for every 256 bytes they read.
-template <int MI>
-void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-               int64_t k, int64_t width) {
-  const int64_t wv = width - width % 16;
-  const __mmask16 tail = mask_upto(width - wv);
-  for (int i = 0; i < MI; ++i)
-    for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
-  for (int64_t p = 0; p < k; ++p) {
-    const float* bp = b + p * ldb;
-    const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
-    __m512 x[MI];
-    for (int i = 0; i < MI; ++i) x[i] = _mm512_set1_ps(a[i * lda + p]);
-    for (int64_t v = 0; v < wv; v += 16) {
-      _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
-      const __m512 w = _mm512_loadu_ps(bp + v);
+      for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
+    const int64_t kv = k - k % 16;
+    const float* b0 = b;
+    const float* b1 = b + ldb;
+    const float* b2 = b + 2 * ldb;
+    const float* b3 = b + 3 * ldb;
+    // The next four rows usually follow these in memory: start pulling them into L2 while these
+    // are summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at
+    // page ends). L2, not L1: a block of four long rows would not survive in L1 until its turn.
+    const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
+    auto step = [&](int64_t p, __mmask16 m) {
+      _mm_prefetch(next + 16 * p, _MM_HINT_T1);
+      _mm_prefetch(next + 16 * p + 64, _MM_HINT_T1);
+      _mm_prefetch(next + 16 * p + 128, _MM_HINT_T1);
+      _mm_prefetch(next + 16 * p + 192, _MM_HINT_T1);
+      const __m512 w0 = _mm512_maskz_loadu_ps(m, b0 + p), w1 = _mm512_maskz_loadu_ps(m, b1 + p);
+      const __m512 w2 = _mm512_maskz_loadu_ps(m, b2 + p), w3 = _mm512_maskz_loadu_ps(m, b3 + p);
       for (int i = 0; i < MI; ++i) {
-        float* ci = c + i * ldc + v;
-        _mm512_storeu_ps(ci, _mm512_fmadd_ps(x[i], w, _mm512_loadu_ps(ci)));
+        const __m512 x = _mm512_maskz_loadu_ps(m, a + i * lda + p);
+        acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(x, w1, acc[i][1]);
+        acc[i][2] = _mm512_fmadd_ps(x, w2, acc[i][2]);
+        acc[i][3] = _mm512_fmadd_ps(x, w3, acc[i][3]);
       }
+    };
+    int64_t p = 0;
+    for (; p + 32 <= kv; p += 32) {
+      step(p, 0xFFFF);
+      step(p + 16, 0xFFFF);
     }
-    if (tail) {
-      const __m512 w = _mm512_maskz_loadu_ps(tail, bp + wv);
-      for (int i = 0; i < MI; ++i) {
-        float* ci = c + i * ldc + wv;
-        _mm512_mask_storeu_ps(ci, tail, _mm512_fmadd_ps(x[i], w, _mm512_maskz_loadu_ps(tail, ci)));
+    for (; p < kv; p += 16) step(p, 0xFFFF);
+    if (kv < k) step(kv, mask_upto(k - kv));
+    for (int i = 0; i < MI; ++i)
+      _mm_storeu_ps(c + i * ldc, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
+  }
+
+  template <int MI>
+  static void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                        int64_t k) {
+    __m512 acc[MI];
+    for (int i = 0; i < MI; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < k; p += 16) {
+      const __mmask16 m = mask_upto(k - p);
+      const __m512 w = _mm512_maskz_loadu_ps(m, b + p);
+      for (int i = 0; i < MI; ++i)
+        acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i * lda + p), w, acc[i]);
+    }
+    for (int i = 0; i < MI; ++i) c[i * ldc] = _mm512_reduce_add_ps(acc[i]);
+  }
+
+  // B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
+  // in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
+  // narrow register-only tiles would touch a new page of B for every 256 bytes they read.
+  template <int MI>
+  static void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                        int64_t ldc, int64_t k, int64_t width) {
+    const int64_t wv = width - width % 16;
+    const __mmask16 tail = mask_upto(width - wv);
+    for (int i = 0; i < MI; ++i)
+      for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
+    for (int64_t p = 0; p < k; ++p) {
+      const float* bp = b + p * ldb;
+      const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
+      __m512 x[MI];
+      for (int i = 0; i < MI; ++i) x[i] = _mm512_set1_ps(a[i * lda + p]);
+      for (int64_t v = 0; v < wv; v += 16) {
+        _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
+        const __m512 w = _mm512_loadu_ps(bp + v);
+        for (int i = 0; i < MI; ++i) {
+          float* ci = c + i * ldc + v;
+          _mm512_storeu_ps(ci, _mm512_fmadd_ps(x[i], w, _mm512_loadu_ps(ci)));
+        }
+      }
+      if (tail) {
+        const __m512 w = _mm512_maskz_loadu_ps(tail, bp + wv);
+        for (int i = 0; i < MI; ++i) {
+          float* ci = c + i * ldc + wv;
+          const __m512 sum = _mm512_fmadd_ps(x[i], w, _mm512_maskz_loadu_ps(tail, ci));
+          _mm512_mask_storeu_ps(ci, tail, sum);
+        }
       }
     }
   }
-}
-
-template <int MI>
-void skinny_kn_rows(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
-                    int64_t j1) {
-  for (int64_t j = j0; j < j1; j += kTileCols)
-    axpy_tile<MI>(a, s.lda, b + j, s.ldb, c + j, s.ldc, s.k, std::min<int64_t>(kTileCols, j1 - j));
-}
-
-// Rows of A in groups of up to four; B columns [j0, j1) belong to this thread.
-void skinny(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
-            int64_t j1) {
-  for (int64_t i = 0; i < s.m; i += 4) {
-    const float* ai = a + i * s.lda;
-    float* ci = c + i * s.ldc;
-    const int64_t mi = std::min<int64_t>(4, s.m - i);
-    if (s.b_nk) {
-      switch (mi) {
-        case 1: skinny_nk_rows<1>(ai, b, ci, s, j0, j1); break;
-        case 2: skinny_nk_rows<2>(ai, b, ci, s, j0, j1); break;
-        case 3: skinny_nk_rows<3>(ai, b, ci, s, j0, j1); break;
-        default: skinny_nk_rows<4>(ai, b, ci, s, j0, j1); break;
-      }
-    } else {
-      switch (mi) {
-        case 1: skinny_kn_rows<1>(ai, b, ci, s, j0, j1); break;
-        case 2: skinny_kn_rows<2>(ai, b, ci, s, j0, j1); break;
-        case 3: skinny_kn_rows<3>(ai, b, ci, s, j0, j1); break;
-        default: skinny_kn_rows<4>(ai, b, ci, s, j0, j1); break;
-      }
-    }
-  }
-}
+};
 
 }  // namespace
 
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth) {
   if (s.m <= skinny_rows(s)) {
-    const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
-    if (cols.end > cols.begin) skinny(a, b, c, s, cols.begin, cols.end);
+    skinny_run<Skinny>(a, b, c, s, ith, nth);
     return;
   }
   BlockedGemm<Micro>::run(a, b, c, s, work, ith, nth);

@@ -20,9 +20,8 @@ double sum_f32(const float* x, int64_t n) {
     for (int q = 0; q < 8; ++q) a[q] = _mm512_setzero_ps();
     for (; i < end; i += 128)
       for (int q = 0; q < 8; ++q) a[q] = _mm512_add_ps(a[q], _mm512_loadu_ps(x + i + 16 * q));
-    const __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])),
-                                   _mm512_add_ps(_mm512_add_ps(a[4], a[5]), _mm512_add_ps(a[6], a[7])));
-    total += double(_mm512_reduce_add_ps(s));
+    for (int q = 1; q < 8; ++q) a[0] = _mm512_add_ps(a[0], a[q]);
+    total += double(_mm512_reduce_add_ps(a[0]));
   }
   for (; i < n; ++i) total += x[i];
   return total;
