@@ -438,7 +438,10 @@ def plot(rows: List[dict], path: Path, title: str) -> None:
             dram = next(r for r in rows if r["kind"] == "read")
             ax.axhline(dram["gbps"], color="k", linestyle="--", linewidth=1,
                        label=f"read, 1 GiB: DRAM ({dram['gbps']:.1f} GB/s)")
-        ax.set_xticks(range(len(shapes)), [s.split(" ", 1)[1] for s in shapes], fontsize=8)
+        # "GEMV M=1 K=896 N=4864 cold" -> "K=896 N=4864\ncold": five GEMV groups side by side.
+        ticks = [s.split(" ", 1)[1].replace("M=1 ", "").replace(" cold", "\ncold (DRAM)")
+                 for s in shapes]
+        ax.set_xticks(range(len(shapes)), ticks, fontsize=8)
         ax.set_ylim(0, top * 1.3)  # headroom for the legend above the tallest whisker
         ax.set_ylabel(ylabel)
         ax.set_title(subtitle, fontsize=10)

@@ -20,6 +20,13 @@ __m256i mask_upto(int64_t n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// Four horizontal sums at once: {sum(a0), sum(a1), sum(a2), sum(a3)}, one shuffle tree instead
+// of four.
+__m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
 // 6 x 16 tile: 12 ymm accumulators, 2 for B, 1 for the broadcast of A.
 struct Micro {
   static constexpr int MR = 6, NR = 16;
@@ -74,12 +81,13 @@ struct Skinny {
     const float* b1 = b + ldb;
     const float* b2 = b + 2 * ldb;
     const float* b3 = b + 3 * ldb;
-    // The next four rows usually follow these in memory: pull them in while these are summed, so
-    // DRAM always has requests in flight (the hardware prefetcher alone stops at page ends).
+    // The next four rows usually follow these in memory: start pulling them into L2 while these
+    // are summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at
+    // page ends). L2, not L1: a block of four long rows would not survive in L1 until its turn.
     const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
     for (int64_t p = 0; p < kv; p += 8) {
-      _mm_prefetch(next + 16 * p, _MM_HINT_T0);
-      _mm_prefetch(next + 16 * p + 64, _MM_HINT_T0);
+      _mm_prefetch(next + 16 * p, _MM_HINT_T1);
+      _mm_prefetch(next + 16 * p + 64, _MM_HINT_T1);
       const __m256 w0 = _mm256_loadu_ps(b0 + p), w1 = _mm256_loadu_ps(b1 + p);
       const __m256 w2 = _mm256_loadu_ps(b2 + p), w3 = _mm256_loadu_ps(b3 + p);
       for (int i = 0; i < MI; ++i) {
@@ -92,11 +100,11 @@ struct Skinny {
     }
     for (int i = 0; i < MI; ++i) {
       const float* ai = a + i * lda;
-      for (int r = 0; r < 4; ++r) {
-        float t = hsum(acc[i][r]);
-        for (int64_t p = kv; p < k; ++p) t += ai[p] * b[r * ldb + p];
-        c[i * ldc + r] = t;
-      }
+      alignas(16) float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      for (int r = 0; r < 4; ++r)
+        for (int64_t p = kv; p < k; ++p) tail[r] += ai[p] * b[r * ldb + p];
+      const __m128 sums = reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
+      _mm_storeu_ps(c + i * ldc, _mm_add_ps(sums, _mm_load_ps(tail)));
     }
   }
 
