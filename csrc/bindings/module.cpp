@@ -10,6 +10,7 @@ namespace py = pybind11;
 namespace infermode::bindings {
 void register_core(py::module_& m);
 void register_kernels(py::module_& m);
+void register_models(py::module_& m);
 }  // namespace infermode::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -23,10 +24,13 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(PyExc_TypeError, e.what());
     } catch (const infermode::RuntimeError& e) {
       PyErr_SetString(PyExc_RuntimeError, e.what());
+    } catch (const infermode::Interrupted& e) {
+      PyErr_SetString(PyExc_KeyboardInterrupt, e.what());
     }
   });
   // Reads INFERMODE_ISA now, so a bad value fails the import with its message, not a later call.
   infermode::kernels();
   infermode::bindings::register_core(m);
   infermode::bindings::register_kernels(m);
+  infermode::bindings::register_models(m);
 }

@@ -23,6 +23,11 @@ struct RuntimeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A long loop stopped because the user asked (Ctrl-C): Python KeyboardInterrupt.
+struct Interrupted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 }  // namespace infermode
 
 // IM_CHECK(cond, "what was expected {}, what came {}", a, b) throws ValueError; the _TYPE and

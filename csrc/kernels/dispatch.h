@@ -26,8 +26,26 @@ struct MatmulF32Kernel {
               int nth);
   size_t (*workspace_floats)(const GemmShape& s, int nth);
 };
+// Attention of one sequence (see attention.h); q_stride is q's row stride in floats.
+struct AttentionShape {
+  int64_t tokens, first_pos, heads, kv_heads, head_dim, capacity, q_stride;
+  float scale;
+};
+
 // Sum of x[0, n): float within blocks of a few thousand elements, double across blocks.
 using SumF32Kernel = double (*)(const float* x, int64_t n);
+// Rotates tokens rows of x in place (see rope.h); cos/sin: one row of head_dim / 2 per token.
+using RopeKernel = void (*)(float* x, const float* cos, const float* sin, int64_t tokens,
+                            int64_t heads, int64_t head_dim, int64_t row_stride);
+// Thread ith of nth computes its share of the (token, kv head) pairs; `scores` holds
+// nth * (heads / kv_heads) * (first_pos + tokens) floats.
+using AttentionKernel = void (*)(const float* q, const float* k, const float* v, float* out,
+                                 const AttentionShape& s, float* scores, int ith, int nth);
+// y[i] = silu(g[i]) * u[i] over [0, n).
+using SwigluKernel = void (*)(const float* g, const float* u, float* y, int64_t n);
+// y[r, :] += a[r * a_stride + :] over rows [0, rows); a_stride 0 broadcasts one row.
+using AddKernel = void (*)(const float* a, float* y, int64_t rows, int64_t cols,
+                           int64_t a_stride);
 
 template <typename Fn>
 struct KernelEntry {
@@ -40,6 +58,10 @@ struct KernelTable {
   KernelEntry<RmsNormKernel> rms_norm;
   KernelEntry<MatmulF32Kernel> matmul_f32;
   KernelEntry<SumF32Kernel> sum_f32;
+  KernelEntry<RopeKernel> rope;
+  KernelEntry<AttentionKernel> attention;
+  KernelEntry<SwigluKernel> swiglu;
+  KernelEntry<AddKernel> add;
 };
 
 // The active table: the best ISA this CPU has, capped by INFERMODE_ISA or set_isa().

@@ -13,5 +13,11 @@ void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, fl
                 int ith, int nth);
 size_t matmul_f32_workspace(const GemmShape& s, int nth);
 double sum_f32(const float* x, int64_t n);
+void rope(float* x, const float* cos, const float* sin, int64_t tokens, int64_t heads,
+          int64_t head_dim, int64_t row_stride);
+void attention(const float* q, const float* k, const float* v, float* out,
+               const AttentionShape& s, float* scores, int ith, int nth);
+void swiglu(const float* g, const float* u, float* y, int64_t n);
+void add(const float* a, float* y, int64_t rows, int64_t cols, int64_t a_stride);
 
 }  // namespace infermode::ref

@@ -6,6 +6,10 @@ void fill_table(KernelTable& t) {
   t.rms_norm = {&rms_norm, Isa::ref};
   t.matmul_f32 = {{&matmul_f32, &matmul_f32_workspace}, Isa::ref};
   t.sum_f32 = {&sum_f32, Isa::ref};
+  t.rope = {&rope, Isa::ref};
+  t.attention = {&attention, Isa::ref};
+  t.swiglu = {&swiglu, Isa::ref};
+  t.add = {&add, Isa::ref};
 }
 
 }  // namespace infermode::ref

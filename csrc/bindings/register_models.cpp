@@ -1,0 +1,189 @@
+// The decoder model and its generation loop.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bindings/convert.h"
+#include "core/error.h"
+#include "models/decoder.h"
+#include "runtime/activation_taps.h"
+#include "runtime/generator.h"
+
+namespace py = pybind11;
+
+namespace infermode::bindings {
+namespace {
+
+template <typename T>
+T get(const py::dict& d, const char* key) {
+  IM_CHECK(d.contains(key), "model config has no '{}'", key);
+  return d[key].cast<T>();
+}
+
+DecoderConfig decoder_config(const py::dict& d) {
+  DecoderConfig c;
+  c.vocab_size = get<int64_t>(d, "vocab_size");
+  c.hidden_size = get<int64_t>(d, "hidden_size");
+  c.intermediate_size = get<int64_t>(d, "intermediate_size");
+  c.layers = get<int64_t>(d, "num_hidden_layers");
+  c.heads = get<int64_t>(d, "num_attention_heads");
+  c.kv_heads = get<int64_t>(d, "num_key_value_heads");
+  c.head_dim = get<int64_t>(d, "head_dim");
+  c.max_positions = get<int64_t>(d, "max_position_embeddings");
+  c.rms_norm_eps = get<float>(d, "rms_norm_eps");
+  c.attention_bias = get<bool>(d, "attention_bias");
+  c.tie_word_embeddings = get<bool>(d, "tie_word_embeddings");
+  c.rope.head_dim = c.head_dim;
+  c.rope.theta = get<double>(d, "rope_theta");
+  if (d.contains("rope_scaling") && !d["rope_scaling"].is_none()) {
+    py::dict s = d["rope_scaling"].cast<py::dict>();
+    const std::string type = get<std::string>(s, "rope_type");
+    IM_CHECK(type == "llama3", "rope_type '{}' is not supported (supported: default, llama3)",
+             type);
+    c.rope.factor = get<double>(s, "factor");
+    c.rope.low_freq_factor = get<double>(s, "low_freq_factor");
+    c.rope.high_freq_factor = get<double>(s, "high_freq_factor");
+    c.rope.original_max_positions = get<int64_t>(s, "original_max_position_embeddings");
+  }
+  return c;
+}
+
+// The model plus the NumPy arrays it borrows, kept alive as long as it is.
+struct PyDecoder {
+  std::unique_ptr<Decoder> model;
+  py::dict arrays;
+};
+
+std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
+                                               const std::vector<std::vector<int32_t>>& prompts,
+                                               const GenerateOptions& options,
+                                               HiddenStateSink* sink, const py::object& on_token) {
+  StopCheck should_stop = [] {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;  // a pending Ctrl-C sets KeyboardInterrupt
+  };
+  TokenCallback callback;
+  if (!on_token.is_none()) {
+    callback = [&on_token](int64_t seq, int32_t token) {
+      py::gil_scoped_acquire gil;
+      on_token(seq, token);
+    };
+  }
+  try {
+    py::gil_scoped_release release;
+    return generate(model, prompts, options, sink, should_stop, callback);
+  } catch (const Interrupted&) {
+    // PyErr_CheckSignals left the KeyboardInterrupt (or a handler's own exception) pending.
+    if (PyErr_Occurred()) throw py::error_already_set();
+    throw;
+  }
+}
+
+}  // namespace
+
+void register_models(py::module_& m) {
+  py::class_<PyDecoder>(m, "Decoder")
+      .def(py::init([](const py::dict& config, const py::dict& tensors) {
+             auto self = std::make_unique<PyDecoder>();
+             std::map<std::string, Tensor> views;
+             for (auto item : tensors) {
+               const std::string name = item.first.cast<std::string>();
+               IM_CHECK_TYPE(py::isinstance<py::array>(item.second),
+                             "tensor '{}' must be a NumPy array", name);
+               py::array arr = item.second.cast<py::array>();
+               views[name] = borrow_array(arr, name.c_str());
+               self->arrays[item.first] = arr;
+             }
+             self->model = std::make_unique<Decoder>(decoder_config(config), views);
+             return self;
+           }),
+           py::arg("config"), py::arg("tensors"))
+      .def(
+          "forward",
+          [](PyDecoder& self, const py::array& ids, int threads) {
+            Tensor it = borrow_array(ids, "input_ids");
+            IM_CHECK_TYPE(it.dtype() == DType::i32, "input_ids must be int32, got {}",
+                          dtype_name(it.dtype()));
+            IM_CHECK(it.ndim() == 2 && it.is_contiguous(),
+                     "input_ids must be a contiguous [batch, tokens] array, got shape {}",
+                     it.shape().str());
+            const int64_t batch = it.size(0), tokens = it.size(1);
+            IM_CHECK(batch > 0 && tokens > 0, "input_ids is empty (shape {})", it.shape().str());
+            const DecoderConfig& c = self.model->config();
+            IM_CHECK(tokens <= c.max_positions,
+                     "{} tokens exceed the model's context of {} positions", tokens,
+                     c.max_positions);
+            py::array_t<float> logits({batch, tokens, c.vocab_size});
+            float* lp = logits.mutable_data();
+            {
+              py::gil_scoped_release release;
+              KvCache cache(c.layers, batch, c.kv_heads, tokens, c.head_dim);
+              std::vector<Segment> segments;
+              std::vector<int64_t> rows;
+              for (int64_t b = 0; b < batch; ++b) segments.push_back({b, 0, tokens, b * tokens});
+              for (int64_t r = 0; r < batch * tokens; ++r) rows.push_back(r);
+              self.model->forward(static_cast<const int32_t*>(it.raw()), segments, cache, rows,
+                                  lp, nullptr, threads);
+            }
+            return logits;
+          },
+          py::arg("input_ids"), py::arg("threads") = 0)
+      .def(
+          "generate",
+          [](PyDecoder& self, const std::vector<std::vector<int32_t>>& prompts,
+             int64_t max_new_tokens, float temperature, int64_t top_k, float top_p,
+             uint64_t seed, const std::vector<int32_t>& stop_ids,
+             const std::vector<int>& capture_points, const std::string& capture_positions,
+             int threads, const py::object& on_token) {
+            const DecoderConfig& c = self.model->config();
+            GenerateOptions options;
+            options.max_new_tokens = max_new_tokens;
+            options.sampling = SamplingParams{temperature, top_k, top_p};
+            options.seed = seed;
+            options.stop_ids = stop_ids;
+            options.threads = threads;
+            const CapturePositions mode = parse_capture_positions(capture_positions.c_str());
+            int64_t longest = 0;
+            std::vector<int64_t> lengths;
+            for (const auto& p : prompts) {
+              lengths.push_back(int64_t(p.size()));
+              longest = std::max<int64_t>(longest, int64_t(p.size()));
+            }
+            const int64_t steps = mode == CapturePositions::generated ? max_new_tokens
+                                  : mode == CapturePositions::all ? longest + max_new_tokens - 1
+                                                                  : 1;
+            py::dict captured;
+            std::vector<float*> buffers;
+            for (int point : capture_points) {
+              IM_CHECK(0 <= point && point <= c.layers + 1,
+                       "capture point {} is outside [0, {}] (0: embeddings, 1..{}: blocks, {}: "
+                       "final norm)", point, c.layers + 1, c.layers, c.layers + 1);
+              py::array_t<float> buf({int64_t(prompts.size()), std::max<int64_t>(steps, 0),
+                                      c.hidden_size});
+              std::fill(buf.mutable_data(), buf.mutable_data() + buf.size(), 0.0f);
+              buffers.push_back(buf.mutable_data());
+              captured[py::int_(point)] = buf;
+            }
+            std::unique_ptr<ActivationTaps> taps;
+            if (!capture_points.empty())
+              taps = std::make_unique<ActivationTaps>(capture_points, buffers, steps,
+                                                      c.hidden_size, mode, lengths);
+            auto tokens = run_generate(*self.model, prompts, options, taps.get(), on_token);
+            return py::make_tuple(tokens, captured);
+          },
+          py::arg("prompts"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f,
+          py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
+          py::arg("stop_ids") = std::vector<int32_t>{},
+          py::arg("capture_points") = std::vector<int>{},
+          py::arg("capture_positions") = "generated", py::arg("threads") = 0,
+          py::arg("on_token") = py::none())
+      .def_property_readonly("num_layers",
+                             [](const PyDecoder& self) { return self.model->config().layers; });
+}
+
+}  // namespace infermode::bindings

@@ -1,0 +1,10 @@
+#pragma once
+#include "core/tensor.h"
+
+namespace infermode {
+
+// out[t, :] = table[ids[t], :]. table: float32 [vocab, hidden]; ids: int32 [tokens];
+// out: float32 [tokens, hidden]. An id outside [0, vocab) is a ValueError naming it.
+void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
+
+}  // namespace infermode

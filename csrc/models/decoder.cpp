@@ -1,0 +1,210 @@
+#include "models/decoder.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "core/inference_mode.h"
+#include "kernels/add.h"
+#include "kernels/attention.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+#include "kernels/rms_norm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+namespace infermode {
+namespace {
+
+std::string layer_name(int64_t i, const char* rest) {
+  return fmt::format("model.layers.{}.{}", i, rest);
+}
+
+void check_config(const DecoderConfig& c) {
+  IM_CHECK(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.layers > 0 &&
+               c.heads > 0 && c.kv_heads > 0 && c.head_dim > 0 && c.max_positions > 0,
+           "decoder config: every size must be positive (vocab {}, hidden {}, intermediate {}, "
+           "layers {}, heads {}, kv_heads {}, head_dim {}, max_positions {})",
+           c.vocab_size, c.hidden_size, c.intermediate_size, c.layers, c.heads, c.kv_heads,
+           c.head_dim, c.max_positions);
+  IM_CHECK(c.heads % c.kv_heads == 0,
+           "decoder config: {} attention heads cannot share {} key/value heads evenly", c.heads,
+           c.kv_heads);
+  IM_CHECK(c.head_dim % 2 == 0, "decoder config: head_dim must be even for RoPE, got {}",
+           c.head_dim);
+}
+
+// Writes rows [row, row + n) of k/v ((rows, kv_heads*head_dim)) into the cache block
+// ((kv_heads, capacity, head_dim)) at positions [pos, pos + n).
+void store_kv(const Tensor& rows, const Segment& seg, Tensor block, int64_t kv_heads,
+              int64_t head_dim) {
+  const float* src = static_cast<const float*>(rows.raw());
+  float* dst = static_cast<float*>(block.raw());
+  const int64_t capacity = block.size(1);
+  for (int64_t t = 0; t < seg.n; ++t)
+    for (int64_t g = 0; g < kv_heads; ++g)
+      std::memcpy(dst + (g * capacity + seg.pos + t) * head_dim,
+                  src + ((seg.row + t) * kv_heads + g) * head_dim, size_t(head_dim) * sizeof(float));
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, Shape>> decoder_tensor_names(const DecoderConfig& c) {
+  const int64_t q_dim = c.heads * c.head_dim, kv_dim = c.kv_heads * c.head_dim;
+  std::vector<std::pair<std::string, Shape>> names;
+  names.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}});
+  for (int64_t i = 0; i < c.layers; ++i) {
+    names.push_back({layer_name(i, "input_layernorm.weight"), {c.hidden_size}});
+    names.push_back({layer_name(i, "self_attn.q_proj.weight"), {q_dim, c.hidden_size}});
+    names.push_back({layer_name(i, "self_attn.k_proj.weight"), {kv_dim, c.hidden_size}});
+    names.push_back({layer_name(i, "self_attn.v_proj.weight"), {kv_dim, c.hidden_size}});
+    if (c.attention_bias) {
+      names.push_back({layer_name(i, "self_attn.q_proj.bias"), {q_dim}});
+      names.push_back({layer_name(i, "self_attn.k_proj.bias"), {kv_dim}});
+      names.push_back({layer_name(i, "self_attn.v_proj.bias"), {kv_dim}});
+    }
+    names.push_back({layer_name(i, "self_attn.o_proj.weight"), {c.hidden_size, q_dim}});
+    names.push_back({layer_name(i, "post_attention_layernorm.weight"), {c.hidden_size}});
+    names.push_back({layer_name(i, "mlp.gate_proj.weight"), {c.intermediate_size, c.hidden_size}});
+    names.push_back({layer_name(i, "mlp.up_proj.weight"), {c.intermediate_size, c.hidden_size}});
+    names.push_back({layer_name(i, "mlp.down_proj.weight"), {c.hidden_size, c.intermediate_size}});
+  }
+  names.push_back({"model.norm.weight", {c.hidden_size}});
+  if (!c.tie_word_embeddings) names.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}});
+  return names;
+}
+
+Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors)
+    : config_(config) {
+  check_config(config_);
+  inv_freq_ = rope_inverse_frequencies(config_.rope);
+  std::map<std::string, Tensor> checked;
+  for (const auto& [name, shape] : decoder_tensor_names(config_)) {
+    auto it = tensors.find(name);
+    IM_CHECK(it != tensors.end(), "checkpoint has no tensor '{}' (expected shape {})", name,
+             shape.str());
+    const Tensor& t = it->second;
+    IM_CHECK_TYPE(t.dtype() == DType::f32, "tensor '{}' has dtype {}; this model takes float32",
+                  name, dtype_name(t.dtype()));
+    IM_CHECK(t.shape() == shape, "tensor '{}' has shape {}, expected {} from config.json", name,
+             t.shape().str(), shape.str());
+    IM_CHECK(t.is_contiguous(), "tensor '{}' is not contiguous", name);
+    checked[name] = t;
+  }
+  weights_.embed = checked.at("model.embed_tokens.weight");
+  weights_.final_norm = checked.at("model.norm.weight");
+  weights_.lm_head =
+      config_.tie_word_embeddings ? weights_.embed : checked.at("lm_head.weight");
+  for (int64_t i = 0; i < config_.layers; ++i) {
+    LayerWeights w;
+    w.input_norm = checked.at(layer_name(i, "input_layernorm.weight"));
+    w.q = checked.at(layer_name(i, "self_attn.q_proj.weight"));
+    w.k = checked.at(layer_name(i, "self_attn.k_proj.weight"));
+    w.v = checked.at(layer_name(i, "self_attn.v_proj.weight"));
+    if (config_.attention_bias) {
+      w.q_bias = checked.at(layer_name(i, "self_attn.q_proj.bias"));
+      w.k_bias = checked.at(layer_name(i, "self_attn.k_proj.bias"));
+      w.v_bias = checked.at(layer_name(i, "self_attn.v_proj.bias"));
+    }
+    w.o = checked.at(layer_name(i, "self_attn.o_proj.weight"));
+    w.post_norm = checked.at(layer_name(i, "post_attention_layernorm.weight"));
+    w.gate = checked.at(layer_name(i, "mlp.gate_proj.weight"));
+    w.up = checked.at(layer_name(i, "mlp.up_proj.weight"));
+    w.down = checked.at(layer_name(i, "mlp.down_proj.weight"));
+    weights_.layers.push_back(w);
+  }
+}
+
+void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, KvCache& cache,
+                      const std::vector<int64_t>& logit_rows, float* logits,
+                      HiddenStateSink* sink, int threads) const {
+  const DecoderConfig& c = config_;
+  int64_t rows = 0;
+  for (const Segment& s : segments) {
+    IM_CHECK(s.row == rows && s.n > 0, "forward: segments must be non-empty and consecutive");
+    IM_CHECK(0 <= s.seq && s.seq < cache.sequences(), "forward: sequence {} is not in the cache",
+             s.seq);
+    IM_CHECK(s.pos >= 0 && s.pos + s.n <= cache.capacity() && s.pos + s.n <= c.max_positions,
+             "forward: positions [{}, {}) exceed the cache ({}) or the model's context ({})",
+             s.pos, s.pos + s.n, cache.capacity(), c.max_positions);
+    rows += s.n;
+  }
+  for (int64_t r : logit_rows)
+    IM_CHECK(0 <= r && r < rows, "forward: logit row {} is outside [0, {})", r, rows);
+  // Every activation below comes from this thread's arena and goes back when the pass ends.
+  InferenceMode guard;
+  const int64_t hidden = c.hidden_size, q_dim = c.heads * c.head_dim;
+  const int64_t kv_dim = c.kv_heads * c.head_dim, half = c.head_dim / 2;
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+
+  Tensor x = Tensor::empty({rows, hidden}, DType::f32);  // the residual stream
+  embedding(weights_.embed, Tensor::borrow(const_cast<int32_t*>(ids), DType::i32, {rows}), x);
+  if (sink && sink->wants(0)) sink->write(0, x.data<float>(), hidden, segments.data(), segments.size());
+
+  Tensor positions = Tensor::empty({rows}, DType::i64);
+  for (const Segment& s : segments)
+    for (int64_t t = 0; t < s.n; ++t) positions.data<int64_t>()[s.row + t] = s.pos + t;
+  Tensor cos = Tensor::empty({rows, half}, DType::f32), sin = Tensor::empty({rows, half}, DType::f32);
+  rope_angles(inv_freq_, positions.data<int64_t>(), rows, cos.data<float>(), sin.data<float>());
+
+  Tensor h = Tensor::empty({rows, hidden}, DType::f32);
+  Tensor q = Tensor::empty({rows, q_dim}, DType::f32);
+  Tensor k = Tensor::empty({rows, kv_dim}, DType::f32);
+  Tensor v = Tensor::empty({rows, kv_dim}, DType::f32);
+  Tensor attn = Tensor::empty({rows, c.heads, c.head_dim}, DType::f32);
+  Tensor proj = Tensor::empty({rows, hidden}, DType::f32);
+  Tensor gate = Tensor::empty({rows, c.intermediate_size}, DType::f32);
+  Tensor up = Tensor::empty({rows, c.intermediate_size}, DType::f32);
+  Tensor q3 = q.view({rows, c.heads, c.head_dim});
+  Tensor k3 = k.view({rows, c.kv_heads, c.head_dim});
+  Tensor attn2 = attn.view({rows, q_dim});
+
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const LayerWeights& w = weights_.layers[l];
+    // Attention: x += o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x))))
+    rms_norm(x, w.input_norm, c.rms_norm_eps, h, threads);
+    matmul(h, w.q.transpose(0, 1), q, threads);
+    matmul(h, w.k.transpose(0, 1), k, threads);
+    matmul(h, w.v.transpose(0, 1), v, threads);
+    if (c.attention_bias) {
+      add(w.q_bias, q, threads);
+      add(w.k_bias, k, threads);
+      add(w.v_bias, v, threads);
+    }
+    rope(q3, cos, sin, threads);
+    rope(k3, cos, sin, threads);
+    for (const Segment& s : segments) {
+      store_kv(k, s, cache.keys(l, s.seq), c.kv_heads, c.head_dim);
+      store_kv(v, s, cache.values(l, s.seq), c.kv_heads, c.head_dim);
+      Tensor out = attn.slice(0, s.row, s.row + s.n);
+      attention(q3.slice(0, s.row, s.row + s.n), cache.keys(l, s.seq), cache.values(l, s.seq),
+                s.pos, scale, out, threads);
+    }
+    matmul(attn2, w.o.transpose(0, 1), proj, threads);
+    add(proj, x, threads);
+    // MLP: x += down(silu(gate(norm(x))) * up(norm(x)))
+    rms_norm(x, w.post_norm, c.rms_norm_eps, h, threads);
+    matmul(h, w.gate.transpose(0, 1), gate, threads);
+    matmul(h, w.up.transpose(0, 1), up, threads);
+    swiglu(gate, up, gate, threads);
+    matmul(gate, w.down.transpose(0, 1), proj, threads);
+    add(proj, x, threads);
+    if (sink && sink->wants(int(l) + 1))
+      sink->write(int(l) + 1, x.data<float>(), hidden, segments.data(), segments.size());
+  }
+  rms_norm(x, weights_.final_norm, c.rms_norm_eps, h, threads);
+  const int final_point = int(c.layers) + 1;
+  if (sink && sink->wants(final_point))
+    sink->write(final_point, h.data<float>(), hidden, segments.data(), segments.size());
+
+  if (logit_rows.empty()) return;
+  const int64_t n_logits = int64_t(logit_rows.size());
+  Tensor picked = Tensor::empty({n_logits, hidden}, DType::f32);
+  for (int64_t i = 0; i < n_logits; ++i)
+    std::memcpy(picked.data<float>() + i * hidden, h.data<float>() + logit_rows[i] * hidden,
+                size_t(hidden) * sizeof(float));
+  Tensor out = Tensor::borrow(logits, DType::f32, {n_logits, c.vocab_size});
+  matmul(picked, weights_.lm_head.transpose(0, 1), out, threads);
+}
+
+}  // namespace infermode

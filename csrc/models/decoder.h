@@ -1,0 +1,72 @@
+#pragma once
+// The decoder-only transformer of the Llama family (Llama 2/3, SmolLM2) and Qwen2 (q/k/v bias),
+// in float32. Config and Weights are kept apart; the model owns no weight memory: it borrows the
+// caller's buffers (memory-mapped checkpoint files), named as in the Hugging Face checkpoint.
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/hidden_state_sink.h"
+#include "models/kv_cache.h"
+#include "models/rope_angles.h"
+
+namespace infermode {
+
+struct DecoderConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t layers = 0;
+  int64_t heads = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_positions = 0;
+  float rms_norm_eps = 1e-6f;
+  RopeConfig rope;
+  bool attention_bias = false;  // Qwen2: q/k/v projections have biases
+  bool tie_word_embeddings = false;
+};
+
+struct LayerWeights {
+  Tensor input_norm;  // (hidden)
+  Tensor q, k, v;     // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x2
+  Tensor q_bias, k_bias, v_bias;  // (heads*head_dim), (kv_heads*head_dim) x2, or undefined
+  Tensor o;           // (hidden, heads*head_dim)
+  Tensor post_norm;   // (hidden)
+  Tensor gate, up;    // (intermediate, hidden)
+  Tensor down;        // (hidden, intermediate)
+};
+
+struct DecoderWeights {
+  Tensor embed;       // (vocab, hidden)
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // (hidden)
+  Tensor lm_head;     // (vocab, hidden); the embedding when tied
+};
+
+class Decoder {
+ public:
+  // Checks every name, shape and dtype; ValueError naming the tensor otherwise.
+  Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors);
+
+  const DecoderConfig& config() const { return config_; }
+
+  // One forward pass over the concatenated tokens of `segments` (ids: int32, one per row). Writes
+  // each segment's keys and values into `cache` at its positions and attends over the cache.
+  // Logits (float32 (logit_rows.size(), vocab)) are computed for the listed rows only.
+  void forward(const int32_t* ids, const std::vector<Segment>& segments, KvCache& cache,
+               const std::vector<int64_t>& logit_rows, float* logits, HiddenStateSink* sink,
+               int threads) const;
+
+ private:
+  DecoderConfig config_;
+  DecoderWeights weights_;
+  std::vector<float> inv_freq_;  // (head_dim / 2)
+};
+
+// The names and shapes a checkpoint must provide for `config`, in load order.
+std::vector<std::pair<std::string, Shape>> decoder_tensor_names(const DecoderConfig& config);
+
+}  // namespace infermode

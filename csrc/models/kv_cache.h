@@ -1,0 +1,30 @@
+#pragma once
+// Keys and values of every layer for a batch of sequences, allocated once per generation call for
+// prompt + max_new_tokens positions. Layout per (layer, sequence): [kv_heads, capacity, head_dim],
+// so attention reads one kv head's keys as one contiguous block.
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace infermode {
+
+class KvCache {
+ public:
+  KvCache(int64_t layers, int64_t sequences, int64_t kv_heads, int64_t capacity, int64_t head_dim);
+
+  // (kv_heads, capacity, head_dim) views of one layer and sequence.
+  Tensor keys(int64_t layer, int64_t seq) const { return block(k_, layer, seq); }
+  Tensor values(int64_t layer, int64_t seq) const { return block(v_, layer, seq); }
+
+  int64_t capacity() const { return capacity_; }
+  int64_t sequences() const { return sequences_; }
+
+ private:
+  Tensor block(const Tensor& all, int64_t layer, int64_t seq) const;
+
+  int64_t layers_, sequences_, kv_heads_, capacity_, head_dim_;
+  Tensor k_;  // (layers, sequences, kv_heads, capacity, head_dim)
+  Tensor v_;
+};
+
+}  // namespace infermode

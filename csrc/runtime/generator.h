@@ -1,0 +1,34 @@
+#pragma once
+// The whole generation loop, in C++: prefill each prompt, then decode every unfinished sequence
+// one token per step in one batched forward pass, until max_new_tokens or a stop token. The
+// caller's callbacks are the only way out: one asks, every step, whether to stop (Ctrl-C), one
+// receives each token as it is chosen (streaming).
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "models/decoder.h"
+#include "runtime/sampler.h"
+
+namespace infermode {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 32;
+  SamplingParams sampling;
+  uint64_t seed = 0;
+  std::vector<int32_t> stop_ids;  // a sequence ends after emitting one of these
+  int threads = 0;
+};
+
+// Returns true when generation must stop now; the generator then throws Interrupted.
+using StopCheck = std::function<bool()>;
+using TokenCallback = std::function<void(int64_t seq, int32_t token)>;
+
+// The new tokens of each prompt (stop token included), in prompt order.
+std::vector<std::vector<int32_t>> generate(const Decoder& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& options, HiddenStateSink* sink,
+                                           const StopCheck& should_stop,
+                                           const TokenCallback& on_token);
+
+}  // namespace infermode
