@@ -15,6 +15,7 @@ from importlib import metadata as _metadata
 from infermode.context import inference, inference_context, inference_mode
 from infermode.devices import ModeChoice, select_mode
 from infermode.info import cpu_info
+from infermode.llm import CausalLM, GenerationOutput, ModelConfig
 from infermode import ops
 
 try:
@@ -23,7 +24,10 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
     __version__ = "0+unknown"
 
 __all__ = [
+    "CausalLM",
+    "GenerationOutput",
     "ModeChoice",
+    "ModelConfig",
     "__version__",
     "cpu_info",
     "inference",

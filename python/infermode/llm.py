@@ -1,0 +1,330 @@
+"""Decoder LLMs on infermode's native core: :class:`CausalLM`.
+
+    model = im.CausalLM.from_pretrained("path/to/SmolLM2-135M-Instruct")
+    out = model.generate("The capital of France is", max_new_tokens=16,
+                         capture=["blocks.3.resid_post", "final_norm"])
+    out.texts[0], out.activations["final_norm"].shape      # (1, 16, hidden)
+
+The whole generation loop runs in C++ with the GIL released; activations of the chosen capture
+points are written into preallocated arrays while it generates (no second pass).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import queue
+import re
+import threading
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from infermode._ext import _core
+from infermode.checkpoints.hf import Checkpoint, ModelConfig, load_checkpoint, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CAPTURE_POSITIONS", "CausalLM", "GenerationOutput", "ModelConfig", "StreamedToken"]
+
+#: How captured activations are laid out along their `steps` axis (see :meth:`CausalLM.generate`).
+CAPTURE_POSITIONS = ("generated", "all", "prompt_mean")
+SUPPORTED_DTYPES = ("float32",)
+
+Prompts = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    """What :meth:`CausalLM.generate` returns.
+
+    ``token_ids[i]``: the new tokens of prompt i (a stop token included), ``texts[i]`` their text
+    (None without a tokenizer), ``activations[name]``: float32 ``[batch, steps, hidden]``.
+    """
+
+    token_ids: List[List[int]]
+    texts: Optional[List[str]]
+    activations: Dict[str, np.ndarray]
+
+
+class StreamedToken(tuple):
+    """One token of a streamed generation: ``(sequence, token_id, text)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, sequence: int, token_id: int, text: str) -> "StreamedToken":
+        return tuple.__new__(cls, (sequence, token_id, text))
+
+    sequence = property(lambda self: self[0])
+    token_id = property(lambda self: self[1])
+    text = property(lambda self: self[2])
+
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.resid_post$")
+
+
+class CausalLM:
+    """A Llama-family or Qwen2 decoder whose forward pass and generation loop run in C++."""
+
+    def __init__(self, checkpoint: Checkpoint, tokenizer: Any = None,
+                 chat_template: Optional[str] = None, threads: Optional[int] = None) -> None:
+        self._checkpoint = checkpoint
+        self.config: ModelConfig = checkpoint.config
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.threads = _check_threads(threads)
+        self._model = _core.Decoder(_core_config(checkpoint.config), _float32_weights(checkpoint))
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike, None] = None, dtype: str = "float32",
+                        adapter: Optional[str] = None, threads: Optional[int] = None) -> "CausalLM":
+        """Loads a Hugging Face checkpoint directory (config.json + *.safetensors).
+
+        Weights are memory-mapped, not copied (float16/bfloat16 files are widened to float32).
+
+            model = im.CausalLM.from_pretrained("models/Qwen2.5-0.5B", threads=2)
+        """
+        if path is None:
+            raise ValueError("from_pretrained needs a path to a Hugging Face checkpoint directory "
+                             "(config.json + *.safetensors)")
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
+                             f"{', '.join(SUPPORTED_DTYPES)}")
+        if adapter is not None:
+            raise ValueError("LoRA adapters are not supported yet; load the base model without "
+                             "adapter=")
+        checkpoint = load_checkpoint(path)
+        tokenizer, template = load_tokenizer(path)
+        return cls(checkpoint, tokenizer, template, threads)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, input_ids: Any) -> np.ndarray:
+        """Logits ``[batch, seq, vocab]`` (float32) for every position of each row of ids.
+
+            logits = model.forward([[1, 2, 3]])
+        """
+        ids = _as_int32_matrix(input_ids, self.config.vocab_size)
+        return self._model.forward(ids, self._threads())
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, prompts_or_ids: Prompts, max_new_tokens: int = 32,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: Optional[int] = None, stop: Optional[Sequence[int]] = None,
+                 capture: Optional[Sequence[Union[str, int]]] = None, stream: bool = False,
+                 capture_positions: str = "generated") -> Any:
+        """Generates up to ``max_new_tokens`` new tokens for each prompt, in one C++ loop.
+
+        ``prompts_or_ids``: a string, a list of strings, a list of token ids, a list of lists of
+        ids, or an int array ``[batch, seq]``. Prompts may differ in length: each is prefilled on
+        its own and decoded with the others, so a batch gives what one-by-one generation gives.
+        ``temperature=0`` is greedy; otherwise sampling from the ``top_k``/``top_p`` candidates
+        with ``seed`` (each sequence draws from its own seeded generator). ``stop``: token ids
+        that end a sequence (default: the model's end-of-sequence ids).
+
+        ``capture``: names of activations to record while generating — ``"embed"``,
+        ``"blocks.{i}.resid_post"`` (output of block i, from 0) or ``"final_norm"`` (an int i
+        means block i). ``capture_positions``: ``"generated"`` (step j is the state whose logits
+        chose new token j: the last prompt token, then each generated token), ``"all"`` (every
+        position, prompt included) or ``"prompt_mean"`` (the mean over the prompt).
+
+        ``stream=True`` returns an iterator of :class:`StreamedToken` as tokens are chosen.
+
+            out = model.generate(["Hello", "Bonjour"], max_new_tokens=8, capture=[3])
+        """
+        prompts = self._encode_prompts(prompts_or_ids)
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
+                or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.config.max_position_embeddings:
+            raise ValueError(
+                f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                f"model's context of {self.config.max_position_embeddings} positions; shorten "
+                "the prompt or lower max_new_tokens")
+        if capture_positions not in CAPTURE_POSITIONS:
+            raise ValueError(f"capture_positions must be one of {CAPTURE_POSITIONS}, "
+                             f"got {capture_positions!r}")
+        names, points = self._capture_points(capture)
+        stop_ids = list(self.config.eos_token_ids if stop is None else stop)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") if temperature > 0 else 0
+        kwargs = dict(max_new_tokens=max_new_tokens, temperature=float(temperature),
+                      top_k=int(top_k), top_p=float(top_p), seed=int(seed), stop_ids=stop_ids,
+                      capture_points=points, capture_positions=capture_positions,
+                      threads=self._threads())
+        if stream:
+            if capture:
+                raise ValueError("capture= needs stream=False: activations come back at the end")
+            return self._stream(prompts, kwargs)
+        tokens, captured = self._model.generate(prompts, **kwargs)
+        activations = {name: captured[point] for name, point in zip(names, points)}
+        return GenerationOutput(token_ids=tokens, texts=self._decode(tokens),
+                                activations=activations)
+
+    def _stream(self, prompts: List[List[int]], kwargs: Dict[str, Any]) -> Iterator[StreamedToken]:
+        """Runs the C++ loop on a worker thread; its token callback feeds this generator."""
+        events: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
+        cancelled = threading.Event()
+
+        class _Cancelled(Exception):
+            pass
+
+        def on_token(sequence: int, token: int) -> None:
+            if cancelled.is_set():
+                raise _Cancelled()  # unwinds the C++ loop: the consumer has gone away
+            events.put(("token", (sequence, token)))
+
+        def work() -> None:
+            try:
+                self._model.generate(prompts, on_token=on_token, **kwargs)
+                events.put(("done", None))
+            except _Cancelled:
+                events.put(("done", None))
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer to re-raise
+                events.put(("error", exc))
+
+        worker = threading.Thread(target=work, name="infermode-generate", daemon=True)
+        worker.start()
+        generated: List[List[int]] = [[] for _ in prompts]
+        texts = ["" for _ in prompts]
+        try:
+            while True:
+                kind, payload = events.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise payload
+                sequence, token = payload
+                generated[sequence].append(token)
+                piece = ""
+                if self.tokenizer is not None:
+                    text = self.tokenizer.decode(generated[sequence], skip_special_tokens=True)
+                    piece, texts[sequence] = text[len(texts[sequence]):], text
+                yield StreamedToken(sequence, token, piece)
+        finally:
+            cancelled.set()
+            worker.join()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _threads(self) -> int:
+        return self.threads or 0
+
+    def _encode_prompts(self, prompts: Prompts) -> List[List[int]]:
+        if isinstance(prompts, np.ndarray):
+            prompts = prompts.tolist()
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if _is_torch_tensor(prompts):
+            prompts = prompts.tolist()
+        if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+            raise ValueError("generate needs at least one prompt (a string, a list of strings, "
+                             "or token ids); got an empty list" if isinstance(prompts, (list, tuple))
+                             else f"prompts must be a string, a list of strings or token ids, "
+                                  f"got {type(prompts).__name__}")
+        if all(isinstance(t, (int, np.integer)) for t in prompts):
+            prompts = [list(prompts)]
+        encoded = []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                if self.tokenizer is None:
+                    raise ValueError("this checkpoint has no tokenizer.json: pass token ids "
+                                     "instead of text")
+                ids = self.tokenizer.encode(prompt).ids
+            else:
+                ids = [int(t) for t in prompt]
+            if not ids:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token id {bad[0]}, outside "
+                                 f"[0, {self.config.vocab_size})")
+            encoded.append(ids)
+        return encoded
+
+    def _capture_points(self, capture: Optional[Sequence[Union[str, int]]]) -> Tuple[List[str], List[int]]:
+        layers = self.config.num_hidden_layers
+        names: List[str] = []
+        points: List[int] = []
+        for item in capture or ():
+            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+                name = f"blocks.{int(item)}.resid_post"
+            elif isinstance(item, str):
+                name = item
+            else:
+                raise TypeError(f"capture entries must be names or block indexes, got {item!r}")
+            match = _BLOCK.match(name)
+            if name == "embed":
+                point = 0
+            elif name == "final_norm":
+                point = layers + 1
+            elif match:
+                index = int(match.group(1))
+                if not 0 <= index < layers:
+                    raise ValueError(f"cannot capture {name!r}: block index {index} is outside "
+                                     f"the valid range 0..{layers - 1} ({layers} blocks)")
+                point = index + 1
+            else:
+                raise ValueError(f"cannot capture {name!r}: expected 'embed', "
+                                 f"'blocks.{{i}}.resid_post' with i in 0..{layers - 1}, or "
+                                 "'final_norm'")
+            if name not in names:
+                names.append(name)
+                points.append(point)
+        return names, points
+
+    def _decode(self, tokens: List[List[int]]) -> Optional[List[str]]:
+        if self.tokenizer is None:
+            return None
+        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def _check_threads(threads: Optional[int]) -> Optional[int]:
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    return threads
+
+
+def _core_config(config: ModelConfig) -> Dict[str, Any]:
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings",
+            "rms_norm_eps", "rope_theta", "rope_scaling", "attention_bias", "tie_word_embeddings")
+    return {k: getattr(config, k) for k in keys}
+
+
+def _float32_weights(checkpoint: Checkpoint) -> Dict[str, np.ndarray]:
+    """float32 tensors as the zero-copy views they are; float16/bfloat16 widened (a copy)."""
+    out = {}
+    for name, array in checkpoint.weights.items():
+        dtype = checkpoint.dtypes[name]
+        if dtype == "float32":
+            out[name] = array
+        elif dtype == "bfloat16":
+            out[name] = (array.astype(np.uint32) << 16).view(np.float32)
+        else:
+            out[name] = array.astype(np.float32)
+    return out
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    torch = __import__("sys").modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _as_int32_matrix(input_ids: Any, vocab: int) -> np.ndarray:
+    if _is_torch_tensor(input_ids):
+        input_ids = input_ids.detach().cpu().numpy()
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.size == 0:
+        raise ValueError(f"input_ids must be a non-empty [batch, seq] array of token ids, got "
+                         f"shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise ValueError(f"input_ids has token id {int(ids.max() if ids.max() >= vocab else ids.min())}, "
+                         f"outside [0, {vocab})")
+    return np.ascontiguousarray(ids, dtype=np.int32)
