@@ -32,6 +32,13 @@ struct AttentionShape {
   float scale;
 };
 
+// The same with B in bfloat16 (a weight stored at half the bytes); A and C stay float32 and the
+// arithmetic is float32: B is widened as it is loaded.
+struct MatmulBf16Kernel {
+  void (*run)(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
+              int ith, int nth);
+  size_t (*workspace_floats)(const GemmShape& s, int nth);
+};
 // Sum of x[0, n): float within blocks of a few thousand elements, double across blocks.
 using SumF32Kernel = double (*)(const float* x, int64_t n);
 // Rotates tokens rows of x in place (see rope.h); cos/sin: one row of head_dim / 2 per token.
@@ -57,6 +64,7 @@ struct KernelTable {
   Isa cap = Isa::ref;
   KernelEntry<RmsNormKernel> rms_norm;
   KernelEntry<MatmulF32Kernel> matmul_f32;
+  KernelEntry<MatmulBf16Kernel> matmul_bf16;
   KernelEntry<SumF32Kernel> sum_f32;
   KernelEntry<RopeKernel> rope;
   KernelEntry<AttentionKernel> attention;

@@ -17,11 +17,26 @@
 namespace infermode {
 namespace {
 
+// B elements: float32, or bfloat16 bits (uint16_t) widened to float32 as they are packed.
+inline float widen(float v) { return v; }
+inline float widen(uint16_t v) {
+  const uint32_t bits = uint32_t(v) << 16;
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 // dst[i * ld_dst + j] = src[j * ld_src + i] for an 8 x 8 block: the classic unpack/shuffle/permute
 // transpose, three rounds of eight shuffles instead of 64 scalar moves.
-inline void transpose8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+template <typename W>
+void transpose8x8(const W* src, int64_t ld_src, float* dst, int64_t ld_dst) {
   __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; ++i) r[i] = load8(src + i * ld_src);
   for (int i = 0; i < 4; ++i) {
     t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
@@ -76,13 +91,14 @@ struct BlockedGemm {
   }
 
   // Columns [j0, j0+nr) of B, rows [p0, p0+kc), into one NR-wide panel; columns past nr are zero.
-  static void pack_b(const float* b, const GemmShape& s, int64_t p0, int64_t kc, int64_t j0,
-                     int nr, float* bp) {
+  template <typename W>
+  static void pack_b(const W* b, const GemmShape& s, int64_t p0, int64_t kc, int64_t j0, int nr,
+                     float* bp) {
     if (!s.b_nk) {
       for (int64_t p = 0; p < kc; ++p) {
-        const float* src = b + (p0 + p) * s.ldb + j0;
+        const W* src = b + (p0 + p) * s.ldb + j0;
         float* dst = bp + p * NR;
-        for (int j = 0; j < nr; ++j) dst[j] = src[j];
+        for (int j = 0; j < nr; ++j) dst[j] = widen(src[j]);
         for (int j = nr; j < NR; ++j) dst[j] = 0.0f;
       }
     } else {
@@ -95,15 +111,16 @@ struct BlockedGemm {
           transpose8x8(b + (j0 + j) * s.ldb + p0 + p, s.ldb, bp + p * NR + j, NR);
       for (int j = 0; j < NR; ++j) {
         const bool real = j < nr;
-        const float* src = b + (j0 + j) * s.ldb + p0;
+        const W* src = b + (j0 + j) * s.ldb + p0;
         for (int64_t p = (j < full_rows ? full_k : 0); p < kc; ++p)
-          bp[p * NR + j] = real ? src[p] : 0.0f;
+          bp[p * NR + j] = real ? widen(src[p]) : 0.0f;
       }
     }
   }
 
-  static void run(const float* a, const float* b, float* c, const GemmShape& s, float* work,
-                  int ith, int nth) {
+  template <typename W>
+  static void run(const float* a, const W* b, float* c, const GemmShape& s, float* work, int ith,
+                  int nth) {
     const int64_t kcm = kc_max(s);
     float* bpack = work;
     float* apack = work + kcm * nc_max(s) + int64_t(ith) * MC * kcm;

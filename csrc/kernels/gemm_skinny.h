@@ -16,12 +16,13 @@ namespace {
 // while every row of A passes over it; a [k, n] B is re-read from L2/L3 per group of rows.
 inline int64_t skinny_rows(const GemmShape& s) { return s.b_nk ? 16 : 8; }
 
-// K (the ISA's kernels) provides kGroup (rows of A per pass), kTileCols, and for MI <= kGroup:
+// K (the ISA's kernels) provides kGroup (rows of A per pass), kTileCols, and for MI <= kGroup and
+// B's element type W:
 //   dot_rows4<MI>(a, lda, b, ldb, c, ldc, k): c[i, 0:4] = a[i, :] . b[0:4, :]  (B as [n, k])
 //   dot_rows1<MI>(a, lda, b, c, ldc, k):      c[i, 0]   = a[i, :] . b[0, :]
 //   axpy_tile<MI>(a, lda, b, ldb, c, ldc, k, width): c[i, 0:width] = a[i, :] @ b[:, 0:width]
-template <typename K, int MI>
-void skinny_group(const float* a, const float* b, float* c, const GemmShape& s, int64_t j0,
+template <typename K, int MI, typename W>
+void skinny_group(const float* a, const W* b, float* c, const GemmShape& s, int64_t j0,
                   int64_t j1) {
   if (s.b_nk) {
     int64_t j = j0;
@@ -36,8 +37,8 @@ void skinny_group(const float* a, const float* b, float* c, const GemmShape& s, 
 }
 
 // The instance for exactly `mi` rows (1..MI), so each keeps its accumulators in registers.
-template <typename K, int MI = K::kGroup>
-void skinny_group_of(int64_t mi, const float* a, const float* b, float* c, const GemmShape& s,
+template <typename K, int MI = K::kGroup, typename W>
+void skinny_group_of(int64_t mi, const float* a, const W* b, float* c, const GemmShape& s,
                      int64_t j0, int64_t j1) {
   if constexpr (MI > 1) {
     if (mi < MI) {
@@ -48,9 +49,10 @@ void skinny_group_of(int64_t mi, const float* a, const float* b, float* c, const
   skinny_group<K, MI>(a, b, c, s, j0, j1);
 }
 
-// Thread ith of nth computes its share of C's columns for every row of A.
-template <typename K>
-void skinny_run(const float* a, const float* b, float* c, const GemmShape& s, int ith, int nth) {
+// Thread ith of nth computes its share of C's columns for every row of A. W: float, or uint16_t
+// for bfloat16 weights.
+template <typename K, typename W>
+void skinny_run(const float* a, const W* b, float* c, const GemmShape& s, int ith, int nth) {
   const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
   if (cols.end <= cols.begin) return;
   for (int64_t i = 0; i < s.m; i += K::kGroup)

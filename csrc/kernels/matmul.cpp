@@ -11,7 +11,9 @@ namespace infermode {
 
 void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
   check_dtype("matmul", "a", a, DType::f32);
-  check_dtype("matmul", "b", b, DType::f32);
+  IM_CHECK(b.defined(), "matmul: b is missing");
+  IM_CHECK_TYPE(b.dtype() == DType::f32 || b.dtype() == DType::bf16,
+                "matmul: b has dtype {}, expected float32 or bfloat16", dtype_name(b.dtype()));
   check_dtype("matmul", "out", out, DType::f32);
   IM_CHECK(a.ndim() >= 1, "matmul: a must have at least 1 dim, got a scalar");
   IM_CHECK(b.ndim() == 2, "matmul: b must be 2-d [k, n], got shape {}", b.shape().str());
@@ -60,9 +62,17 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
   }
   const double flops = 2.0 * double(s.m) * double(n) * double(k);
   int nth = flops < 2e5 ? 1 : resolve_threads(threads);
+  const float* ap = static_cast<const float*>(a.raw());
+  if (b.dtype() == DType::bf16) {
+    const MatmulBf16Kernel& kernel = kernels().matmul_bf16.fn;
+    Scratch work(kernel.workspace_floats(s, nth) * sizeof(float));
+    const uint16_t* bp = static_cast<const uint16_t*>(b.raw());
+    float* wp = work.as<float>();
+    parallel_run(nth, [&](int ith, int team) { kernel.run(ap, bp, c, s, wp, ith, team); });
+    return;
+  }
   const MatmulF32Kernel& kernel = kernels().matmul_f32.fn;
   Scratch work(kernel.workspace_floats(s, nth) * sizeof(float));
-  const float* ap = static_cast<const float*>(a.raw());
   const float* bp = static_cast<const float*>(b.raw());
   float* wp = work.as<float>();
   parallel_run(nth, [&](int ith, int team) { kernel.run(ap, bp, c, s, wp, ith, team); });

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "core/inference_mode.h"
 #include "core/memory_stats.h"
@@ -62,7 +63,48 @@ void check_case(Isa isa, const Case& c, int threads) {
   }
 }
 
+// The same with B in bfloat16: the reference sums the widened bf16 values, so the tolerance is the
+// float32 one (the kernels widen exactly and compute in float32).
+void check_case_bf16(Isa isa, const Case& c, int threads) {
+  ScopedIsa scoped(isa);
+  const int64_t lda = c.k + c.pad;
+  const int64_t ldb = (c.b_nk ? c.k : c.n) + c.pad;
+  auto a = random_floats(c.m * lda, uint32_t(c.m * 13 + c.k));
+  auto bf = random_floats((c.b_nk ? c.n : c.k) * ldb, uint32_t(c.n * 7 + c.k));
+  std::vector<uint16_t> b(bf.size());
+  for (size_t i = 0; i < bf.size(); ++i) b[i] = float_to_bf16(bf[i]);
+  std::vector<float> out(c.m * c.n, -1.0f);
+  Tensor at = Tensor::borrow(a.data(), DType::f32, {c.m, c.k}, {lda, 1});
+  Tensor bt = c.b_nk ? Tensor::borrow(b.data(), DType::bf16, {c.k, c.n}, {1, ldb})
+                     : Tensor::borrow(b.data(), DType::bf16, {c.k, c.n}, {ldb, 1});
+  Tensor ot = Tensor::borrow(out.data(), DType::f32, {c.m, c.n});
+  matmul(at, bt, ot, threads);
+  for (int64_t i = 0; i < c.m; ++i) {
+    for (int64_t j = 0; j < c.n; ++j) {
+      double want = 0.0, scale = 0.0;
+      for (int64_t p = 0; p < c.k; ++p) {
+        const double bv = bf16_to_float(c.b_nk ? b[j * ldb + p] : b[p * ldb + j]);
+        want += double(a[i * lda + p]) * bv;
+        scale += std::fabs(double(a[i * lda + p]) * bv);
+      }
+      const double tol = kTolF32Dot * std::sqrt(double(c.k)) * scale + 1e-30;
+      ASSERT_NEAR(out[i * c.n + j], want, tol)
+          << isa_name(isa) << " bf16 " << describe(c) << " at (" << i << ", " << j << ")";
+    }
+  }
+}
+
 class MatmulIsa : public ::testing::TestWithParam<Isa> {};
+
+TEST_P(MatmulIsa, Bfloat16WeightsAllPaths) {
+  for (bool nk : {true, false}) {
+    for (int64_t m : {1, 3, 8, 16}) check_case_bf16(GetParam(), {m, 67, 131, nk, 3}, 2);
+    check_case_bf16(GetParam(), {1, 896, 37, nk, 0}, 2);
+    check_case_bf16(GetParam(), {13, 259, 131, nk, 5}, 2);
+    check_case_bf16(GetParam(), {131, 77, 45, nk, 0}, 2);
+    check_case_bf16(GetParam(), {50, 600, 70, nk, 1}, 3);
+  }
+}
 
 TEST_P(MatmulIsa, SkinnyDecodeShapes) {
   for (bool nk : {true, false})

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
+#include "core/bf16.h"
 #include "core/error.h"
 #include "core/inference_mode.h"
 #include "core/memory_stats.h"
@@ -99,6 +101,22 @@ TEST(Tensor, EmptyInsideTheModeComesFromTheArena) {
   EXPECT_EQ(t.storage(), Storage::arena);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw()) % 64, 0u);
   for (int64_t i = 0; i < t.numel(); ++i) EXPECT_EQ(t.data<float>()[i], 0.0f);
+}
+
+}  // namespace
+}  // namespace infermode
+
+namespace infermode {
+namespace {
+
+TEST(Bf16, RoundsToNearestEvenAndWidensExactly) {
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f)), 1.0f);
+  EXPECT_EQ(float_to_bf16(1.0f), 0x3f80);
+  // 1 + 2^-8 is halfway between two bf16 values: ties go to the even one (1.0).
+  EXPECT_EQ(float_to_bf16(1.00390625f), 0x3f80);
+  EXPECT_EQ(float_to_bf16(1.01171875f), 0x3f82);  // 1 + 3 * 2^-8: up to the even 1 + 2^-6
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+  EXPECT_EQ(bf16_to_float(float_to_bf16(-3.5f)), -3.5f);
 }
 
 }  // namespace

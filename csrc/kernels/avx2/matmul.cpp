@@ -70,26 +70,28 @@ struct Skinny {
   static constexpr int64_t kTileCols = 1024;  // [k, n] B: columns per tile
 
   // B stored [n, k]: dot products of MI A rows with four B rows at a time.
-  template <int MI>
-  static void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+  template <int MI, typename W>
+  static void dot_rows4(const float* a, int64_t lda, const W* b, int64_t ldb, float* c,
                         int64_t ldc, int64_t k) {
     __m256 acc[MI][4];
     for (int i = 0; i < MI; ++i)
       for (int r = 0; r < 4; ++r) acc[i][r] = _mm256_setzero_ps();
     const int64_t kv = k - k % 8;
-    const float* b0 = b;
-    const float* b1 = b + ldb;
-    const float* b2 = b + 2 * ldb;
-    const float* b3 = b + 3 * ldb;
+    const W* b0 = b;
+    const W* b1 = b + ldb;
+    const W* b2 = b + 2 * ldb;
+    const W* b3 = b + 3 * ldb;
     // The next four rows usually follow these in memory: start pulling them into L2 while these
     // are summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at
     // page ends). L2, not L1: a block of four long rows would not survive in L1 until its turn.
+    // Two steps read 16 elements of each of the four rows: sizeof(W) cache lines in all.
     const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
     for (int64_t p = 0; p < kv; p += 8) {
-      _mm_prefetch(next + 16 * p, _MM_HINT_T1);
-      _mm_prefetch(next + 16 * p + 64, _MM_HINT_T1);
-      const __m256 w0 = _mm256_loadu_ps(b0 + p), w1 = _mm256_loadu_ps(b1 + p);
-      const __m256 w2 = _mm256_loadu_ps(b2 + p), w3 = _mm256_loadu_ps(b3 + p);
+      if (p % 16 == 0)
+        for (int line = 0; line < int(sizeof(W)); ++line)
+          _mm_prefetch(next + 4 * int64_t(sizeof(W)) * p + 64 * line, _MM_HINT_T1);
+      const __m256 w0 = load8(b0 + p), w1 = load8(b1 + p);
+      const __m256 w2 = load8(b2 + p), w3 = load8(b3 + p);
       for (int i = 0; i < MI; ++i) {
         const __m256 x = _mm256_loadu_ps(a + i * lda + p);
         acc[i][0] = _mm256_fmadd_ps(x, w0, acc[i][0]);
@@ -102,26 +104,26 @@ struct Skinny {
       const float* ai = a + i * lda;
       alignas(16) float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       for (int r = 0; r < 4; ++r)
-        for (int64_t p = kv; p < k; ++p) tail[r] += ai[p] * b[r * ldb + p];
+        for (int64_t p = kv; p < k; ++p) tail[r] += ai[p] * widen(b[r * ldb + p]);
       const __m128 sums = reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]);
       _mm_storeu_ps(c + i * ldc, _mm_add_ps(sums, _mm_load_ps(tail)));
     }
   }
 
-  template <int MI>
-  static void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+  template <int MI, typename W>
+  static void dot_rows1(const float* a, int64_t lda, const W* b, float* c, int64_t ldc,
                         int64_t k) {
     __m256 acc[MI];
     for (int i = 0; i < MI; ++i) acc[i] = _mm256_setzero_ps();
     const int64_t kv = k - k % 8;
     for (int64_t p = 0; p < kv; p += 8) {
-      const __m256 w = _mm256_loadu_ps(b + p);
+      const __m256 w = load8(b + p);
       for (int i = 0; i < MI; ++i)
         acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(a + i * lda + p), w, acc[i]);
     }
     for (int i = 0; i < MI; ++i) {
       float t = hsum(acc[i]);
-      for (int64_t p = kv; p < k; ++p) t += a[i * lda + p] * b[p];
+      for (int64_t p = kv; p < k; ++p) t += a[i * lda + p] * widen(b[p]);
       c[i * ldc] = t;
     }
   }
@@ -129,40 +131,51 @@ struct Skinny {
   // B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
   // in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
   // narrow register-only tiles would touch a new page of B for every 128 bytes they read.
-  template <int MI>
-  static void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+  template <int MI, typename W>
+  static void axpy_tile(const float* a, int64_t lda, const W* b, int64_t ldb, float* c,
                         int64_t ldc, int64_t k, int64_t width) {
     const int64_t wv = width - width % 8;
     for (int i = 0; i < MI; ++i)
       for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
     for (int64_t p = 0; p < k; ++p) {
-      const float* bp = b + p * ldb;
+      const W* bp = b + p * ldb;
       const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
       __m256 x[MI];
       for (int i = 0; i < MI; ++i) x[i] = _mm256_set1_ps(a[i * lda + p]);
       for (int64_t v = 0; v < wv; v += 8) {
-        if (v % 16 == 0) _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
-        const __m256 w = _mm256_loadu_ps(bp + v);
+        if (v % 16 == 0) _mm_prefetch(ahead + int64_t(sizeof(W)) * v, _MM_HINT_T0);
+        const __m256 w = load8(bp + v);
         for (int i = 0; i < MI; ++i) {
           float* ci = c + i * ldc + v;
           _mm256_storeu_ps(ci, _mm256_fmadd_ps(x[i], w, _mm256_loadu_ps(ci)));
         }
       }
       for (int64_t v = wv; v < width; ++v)
-        for (int i = 0; i < MI; ++i) c[i * ldc + v] += a[i * lda + p] * bp[v];
+        for (int i = 0; i < MI; ++i) c[i * ldc + v] += a[i * lda + p] * widen(bp[v]);
     }
   }
 };
 
-}  // namespace
-
-void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
-                int ith, int nth) {
+template <typename W>
+void matmul(const float* a, const W* b, float* c, const GemmShape& s, float* work, int ith,
+            int nth) {
   if (s.m <= skinny_rows(s)) {
     skinny_run<Skinny>(a, b, c, s, ith, nth);
     return;
   }
   BlockedGemm<Micro>::run(a, b, c, s, work, ith, nth);
+}
+
+}  // namespace
+
+void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
+                int ith, int nth) {
+  matmul(a, b, c, s, work, ith, nth);
+}
+
+void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
+                 int ith, int nth) {
+  matmul(a, b, c, s, work, ith, nth);
 }
 
 size_t matmul_f32_workspace(const GemmShape& s, int nth) {

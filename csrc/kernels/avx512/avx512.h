@@ -12,6 +12,8 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t di
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth);
 size_t matmul_f32_workspace(const GemmShape& s, int nth);
+void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
+                 int ith, int nth);
 double sum_f32(const float* x, int64_t n);
 
 }  // namespace infermode::avx512

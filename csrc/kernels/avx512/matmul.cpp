@@ -15,6 +15,13 @@ constexpr int64_t kPrefetchRows = 2;
 
 __mmask16 mask_upto(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
+// Sixteen B elements as float32: float32 as they are, bfloat16 widened by a shift.
+__m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+__m512 load16(const uint16_t* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 // 12 x 32 tile: 24 zmm accumulators + 2 for B; A is broadcast from memory.
 struct Micro {
   static constexpr int MR = 12, NR = 32;
@@ -71,28 +78,27 @@ struct Skinny {
 
   // B stored [n, k] (a Linear weight): every output is a dot product of an A row with a B row.
   // Four B rows are read together so each load of A feeds four FMAs; MI rows of A at a time.
-  template <int MI>
-  static void dot_rows4(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+  template <int MI, typename W>
+  static void dot_rows4(const float* a, int64_t lda, const W* b, int64_t ldb, float* c,
                         int64_t ldc, int64_t k) {
     __m512 acc[MI][4];
     for (int i = 0; i < MI; ++i)
       for (int r = 0; r < 4; ++r) acc[i][r] = _mm512_setzero_ps();
     const int64_t kv = k - k % 16;
-    const float* b0 = b;
-    const float* b1 = b + ldb;
-    const float* b2 = b + 2 * ldb;
-    const float* b3 = b + 3 * ldb;
+    const W* b0 = b;
+    const W* b1 = b + ldb;
+    const W* b2 = b + 2 * ldb;
+    const W* b3 = b + 3 * ldb;
     // The next four rows usually follow these in memory: start pulling them into L2 while these
     // are summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at
     // page ends). L2, not L1: a block of four long rows would not survive in L1 until its turn.
+    // One step reads 16 elements of each of the four rows: sizeof(W) cache lines in all.
     const char* next = reinterpret_cast<const char*>(b + 4 * ldb);
     auto step = [&](int64_t p, __mmask16 m) {
-      _mm_prefetch(next + 16 * p, _MM_HINT_T1);
-      _mm_prefetch(next + 16 * p + 64, _MM_HINT_T1);
-      _mm_prefetch(next + 16 * p + 128, _MM_HINT_T1);
-      _mm_prefetch(next + 16 * p + 192, _MM_HINT_T1);
-      const __m512 w0 = _mm512_maskz_loadu_ps(m, b0 + p), w1 = _mm512_maskz_loadu_ps(m, b1 + p);
-      const __m512 w2 = _mm512_maskz_loadu_ps(m, b2 + p), w3 = _mm512_maskz_loadu_ps(m, b3 + p);
+      for (int line = 0; line < int(sizeof(W)); ++line)
+        _mm_prefetch(next + 4 * int64_t(sizeof(W)) * p + 64 * line, _MM_HINT_T1);
+      const __m512 w0 = load16(b0 + p, m), w1 = load16(b1 + p, m);
+      const __m512 w2 = load16(b2 + p, m), w3 = load16(b3 + p, m);
       for (int i = 0; i < MI; ++i) {
         const __m512 x = _mm512_maskz_loadu_ps(m, a + i * lda + p);
         acc[i][0] = _mm512_fmadd_ps(x, w0, acc[i][0]);
@@ -112,14 +118,14 @@ struct Skinny {
       _mm_storeu_ps(c + i * ldc, reduce4(acc[i][0], acc[i][1], acc[i][2], acc[i][3]));
   }
 
-  template <int MI>
-  static void dot_rows1(const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+  template <int MI, typename W>
+  static void dot_rows1(const float* a, int64_t lda, const W* b, float* c, int64_t ldc,
                         int64_t k) {
     __m512 acc[MI];
     for (int i = 0; i < MI; ++i) acc[i] = _mm512_setzero_ps();
     for (int64_t p = 0; p < k; p += 16) {
       const __mmask16 m = mask_upto(k - p);
-      const __m512 w = _mm512_maskz_loadu_ps(m, b + p);
+      const __m512 w = load16(b + p, m);
       for (int i = 0; i < MI; ++i)
         acc[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i * lda + p), w, acc[i]);
     }
@@ -129,28 +135,28 @@ struct Skinny {
   // B stored [k, n]: C[i, j0:j0+width] = sum_p a[i, p] * B[p, j0:j0+width]. The partial sums live
   // in C (kTileCols wide, so they stay in L1) and every row of B is read as one long stream;
   // narrow register-only tiles would touch a new page of B for every 256 bytes they read.
-  template <int MI>
-  static void axpy_tile(const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+  template <int MI, typename W>
+  static void axpy_tile(const float* a, int64_t lda, const W* b, int64_t ldb, float* c,
                         int64_t ldc, int64_t k, int64_t width) {
     const int64_t wv = width - width % 16;
     const __mmask16 tail = mask_upto(width - wv);
     for (int i = 0; i < MI; ++i)
       for (int64_t v = 0; v < width; ++v) c[i * ldc + v] = 0.0f;
     for (int64_t p = 0; p < k; ++p) {
-      const float* bp = b + p * ldb;
+      const W* bp = b + p * ldb;
       const char* ahead = reinterpret_cast<const char*>(bp + kPrefetchRows * ldb);
       __m512 x[MI];
       for (int i = 0; i < MI; ++i) x[i] = _mm512_set1_ps(a[i * lda + p]);
       for (int64_t v = 0; v < wv; v += 16) {
-        _mm_prefetch(ahead + 4 * v, _MM_HINT_T0);
-        const __m512 w = _mm512_loadu_ps(bp + v);
+        _mm_prefetch(ahead + int64_t(sizeof(W)) * v, _MM_HINT_T0);
+        const __m512 w = load16(bp + v, 0xFFFF);
         for (int i = 0; i < MI; ++i) {
           float* ci = c + i * ldc + v;
           _mm512_storeu_ps(ci, _mm512_fmadd_ps(x[i], w, _mm512_loadu_ps(ci)));
         }
       }
       if (tail) {
-        const __m512 w = _mm512_maskz_loadu_ps(tail, bp + wv);
+        const __m512 w = load16(bp + wv, tail);
         for (int i = 0; i < MI; ++i) {
           float* ci = c + i * ldc + wv;
           const __m512 sum = _mm512_fmadd_ps(x[i], w, _mm512_maskz_loadu_ps(tail, ci));
@@ -161,15 +167,26 @@ struct Skinny {
   }
 };
 
-}  // namespace
-
-void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
-                int ith, int nth) {
+template <typename W>
+void matmul(const float* a, const W* b, float* c, const GemmShape& s, float* work, int ith,
+            int nth) {
   if (s.m <= skinny_rows(s)) {
     skinny_run<Skinny>(a, b, c, s, ith, nth);
     return;
   }
   BlockedGemm<Micro>::run(a, b, c, s, work, ith, nth);
+}
+
+}  // namespace
+
+void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
+                int ith, int nth) {
+  matmul(a, b, c, s, work, ith, nth);
+}
+
+void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
+                 int ith, int nth) {
+  matmul(a, b, c, s, work, ith, nth);
 }
 
 size_t matmul_f32_workspace(const GemmShape& s, int nth) {
