@@ -23,9 +23,12 @@ DType to_dtype(const py::dtype& dt, const char* name) {
 
 }  // namespace
 
-Tensor borrow_array(const py::array& arr, const char* name, bool writable) {
+Tensor borrow_array(const py::array& arr, const char* name, bool writable, bool bfloat16) {
   IM_CHECK(!writable || arr.writeable(), "{} is read-only; pass a writable array", name);
-  const DType dt = to_dtype(arr.dtype(), name);
+  IM_CHECK_TYPE(!bfloat16 || (arr.dtype().kind() == 'u' && arr.itemsize() == 2),
+                "{} is marked bfloat16 but has dtype {}; pass its bits as uint16", name,
+                std::string(py::str(arr.dtype())));
+  const DType dt = bfloat16 ? DType::bf16 : to_dtype(arr.dtype(), name);
   IM_CHECK(arr.ndim() <= Shape::kMaxDims, "{} has {} dims; infermode takes at most {}", name,
            arr.ndim(), Shape::kMaxDims);
   Shape shape, strides;

@@ -11,7 +11,9 @@ namespace infermode::bindings {
 namespace py = pybind11;
 
 // `name` is the Python argument's name, for error messages. `writable` for outputs.
-Tensor borrow_array(const py::array& arr, const char* name, bool writable = false);
+// `bfloat16`: the array holds bfloat16 bit patterns as uint16 (NumPy has no bfloat16).
+Tensor borrow_array(const py::array& arr, const char* name, bool writable = false,
+                    bool bfloat16 = false);
 
 // A new float32 NumPy array (owning its memory) of the given shape, borrowed as a Tensor.
 py::array_t<float> new_float_array(const Shape& shape, Tensor& view);

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -88,7 +89,8 @@ std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
 
 void register_models(py::module_& m) {
   py::class_<PyDecoder>(m, "Decoder")
-      .def(py::init([](const py::dict& config, const py::dict& tensors) {
+      .def(py::init([](const py::dict& config, const py::dict& tensors,
+                       const std::vector<std::string>& bfloat16) {
              auto self = std::make_unique<PyDecoder>();
              std::map<std::string, Tensor> views;
              for (auto item : tensors) {
@@ -96,13 +98,15 @@ void register_models(py::module_& m) {
                IM_CHECK_TYPE(py::isinstance<py::array>(item.second),
                              "tensor '{}' must be a NumPy array", name);
                py::array arr = item.second.cast<py::array>();
-               views[name] = borrow_array(arr, name.c_str());
+               const bool bf16 =
+                   std::find(bfloat16.begin(), bfloat16.end(), name) != bfloat16.end();
+               views[name] = borrow_array(arr, name.c_str(), false, bf16);
                self->arrays[item.first] = arr;
              }
              self->model = std::make_unique<Decoder>(decoder_config(config), views);
              return self;
            }),
-           py::arg("config"), py::arg("tensors"))
+           py::arg("config"), py::arg("tensors"), py::arg("bfloat16") = std::vector<std::string>{})
       .def(
           "forward",
           [](PyDecoder& self, const py::array& ids, int threads) {

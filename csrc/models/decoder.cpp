@@ -84,8 +84,11 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
     IM_CHECK(it != tensors.end(), "checkpoint has no tensor '{}' (expected shape {})", name,
              shape.str());
     const Tensor& t = it->second;
-    IM_CHECK_TYPE(t.dtype() == DType::f32, "tensor '{}' has dtype {}; this model takes float32",
-                  name, dtype_name(t.dtype()));
+    // Matrices may be bfloat16 (half the bytes to stream); vectors (norms, biases) are float32.
+    const bool matrix = shape.ndim == 2;
+    IM_CHECK_TYPE(t.dtype() == DType::f32 || (matrix && t.dtype() == DType::bf16),
+                  "tensor '{}' has dtype {}; expected float32{}", name, dtype_name(t.dtype()),
+                  matrix ? " or bfloat16" : "");
     IM_CHECK(t.shape() == shape, "tensor '{}' has shape {}, expected {} from config.json", name,
              t.shape().str(), shape.str());
     IM_CHECK(t.is_contiguous(), "tensor '{}' is not contiguous", name);

@@ -29,7 +29,8 @@ __all__ = ["CAPTURE_POSITIONS", "CausalLM", "GenerationOutput", "ModelConfig", "
 
 #: How captured activations are laid out along their `steps` axis (see :meth:`CausalLM.generate`).
 CAPTURE_POSITIONS = ("generated", "all", "prompt_mean")
-SUPPORTED_DTYPES = ("float32",)
+#: "auto" keeps what the checkpoint stores (bfloat16 matrices stay bfloat16, else float32).
+SUPPORTED_DTYPES = ("float32", "bfloat16", "auto")
 
 Prompts = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -67,20 +68,31 @@ class CausalLM:
     """A Llama-family or Qwen2 decoder whose forward pass and generation loop run in C++."""
 
     def __init__(self, checkpoint: Checkpoint, tokenizer: Any = None,
-                 chat_template: Optional[str] = None, threads: Optional[int] = None) -> None:
+                 chat_template: Optional[str] = None, threads: Optional[int] = None,
+                 dtype: str = "float32") -> None:
+        if dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
+                             f"{', '.join(SUPPORTED_DTYPES)}")
         self._checkpoint = checkpoint
         self.config: ModelConfig = checkpoint.config
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.threads = _check_threads(threads)
-        self._model = _core.Decoder(_core_config(checkpoint.config), _float32_weights(checkpoint))
+        if dtype == "auto":
+            stored = {checkpoint.dtypes[n] for n, w in checkpoint.weights.items() if w.ndim == 2}
+            dtype = "bfloat16" if stored == {"bfloat16"} else "float32"
+        self.dtype = dtype
+        tensors, bfloat16 = _weights_as(checkpoint, dtype)
+        self._model = _core.Decoder(_core_config(checkpoint.config), tensors, bfloat16)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike, None] = None, dtype: str = "float32",
                         adapter: Optional[str] = None, threads: Optional[int] = None) -> "CausalLM":
         """Loads a Hugging Face checkpoint directory (config.json + *.safetensors).
 
-        Weights are memory-mapped, not copied (float16/bfloat16 files are widened to float32).
+        Weights are memory-mapped, not copied, when the file already holds the asked dtype.
+        ``dtype``: "float32"; "bfloat16" (weight matrices kept, or rounded to, bfloat16: half the
+        bytes per token; arithmetic stays float32); "auto" (as stored).
 
             model = im.CausalLM.from_pretrained("models/Qwen2.5-0.5B", threads=2)
         """
@@ -95,7 +107,7 @@ class CausalLM:
                              "adapter=")
         checkpoint = load_checkpoint(path)
         tokenizer, template = load_tokenizer(path)
-        return cls(checkpoint, tokenizer, template, threads)
+        return cls(checkpoint, tokenizer, template, threads, dtype)
 
     # ------------------------------------------------------------------ forward
 
@@ -294,18 +306,41 @@ def _core_config(config: ModelConfig) -> Dict[str, Any]:
     return {k: getattr(config, k) for k in keys}
 
 
-def _float32_weights(checkpoint: Checkpoint) -> Dict[str, np.ndarray]:
-    """float32 tensors as the zero-copy views they are; float16/bfloat16 widened (a copy)."""
-    out = {}
+def _weights_as(checkpoint: Checkpoint, dtype: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """The tensors for the core, and the names of those passed as bfloat16 bits.
+
+    A tensor already in the wanted dtype is the file's zero-copy view; others are converted (a
+    copy). Vectors (norms, biases) are always float32: they are tiny and read once per token.
+    """
+    out: Dict[str, np.ndarray] = {}
+    bfloat16: List[str] = []
     for name, array in checkpoint.weights.items():
-        dtype = checkpoint.dtypes[name]
-        if dtype == "float32":
-            out[name] = array
-        elif dtype == "bfloat16":
-            out[name] = (array.astype(np.uint32) << 16).view(np.float32)
+        stored = checkpoint.dtypes[name]
+        if dtype == "bfloat16" and array.ndim == 2:
+            out[name] = array if stored == "bfloat16" else _to_bfloat16(_to_float32(array, stored))
+            bfloat16.append(name)
         else:
-            out[name] = array.astype(np.float32)
-    return out
+            out[name] = _to_float32(array, stored)
+    return out, bfloat16
+
+
+def _to_float32(array: np.ndarray, stored: str) -> np.ndarray:
+    if stored == "float32":
+        return array
+    if stored == "bfloat16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array.astype(np.float32)
+
+
+def _to_bfloat16(array: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, rounding to nearest even as torch's .to(torch.bfloat16) does."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+               >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(array)
+    if nan.any():
+        rounded[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return rounded
 
 
 def _is_torch_tensor(x: Any) -> bool:

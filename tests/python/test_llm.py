@@ -16,7 +16,7 @@ import torch
 import transformers
 
 import infermode as im
-from infermode.llm import CausalLM
+from infermode.llm import CausalLM, _weights_as
 
 LOGITS_ATOL = 1e-4
 # Larger than transformers' default init, so random models give varied tokens and clear argmaxes.
@@ -257,3 +257,51 @@ class TestErrors:
             lm.generate([1, 2], max_new_tokens=2, temperature=1.0, top_p=0.0)
         with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
             lm.generate([1, 2], max_new_tokens=0)
+
+
+# bfloat16 weights, float32 arithmetic: against transformers in float32 with the same rounded
+# matrices the only difference is summation order, so the float32 tolerance holds. Against
+# transformers computing in bfloat16 (activations rounded at every op) the gap is that rounding.
+BF16_VS_TORCH_BF16_ATOL = 0.15
+
+
+def _rounded_matrices(model):
+    """A float32 copy of `model` whose weight matrices are rounded to bfloat16 (vectors kept)."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            if p.ndim == 2:
+                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    return ref
+
+
+@pytest.mark.parametrize("isa", list(im._core.supported_isas()))
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias_tied"])
+def test_bfloat16_weights_match_transformers_on_every_isa(checkpoints, restore_isa, name, isa):
+    directory, model = checkpoints[name]
+    restore_isa.set_isa(isa)
+    lm = CausalLM.from_pretrained(directory, dtype="bfloat16")
+    assert lm.dtype == "bfloat16"
+    ids = np.array([PROMPTS[0]])
+    with torch.no_grad():
+        want = _rounded_matrices(model)(torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(lm.forward(ids) - want).max() <= LOGITS_ATOL
+
+
+def test_bfloat16_checkpoint_loads_without_copies_and_tracks_torch_bf16(checkpoints, tmp_path):
+    _, model = checkpoints["llama_gqa"]
+    import copy
+
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    bf16.save_pretrained(tmp_path)
+    lm = CausalLM.from_pretrained(tmp_path, dtype="auto")
+    assert lm.dtype == "bfloat16"
+    q = "model.layers.0.self_attn.q_proj.weight"
+    tensors, bfloat16 = _weights_as(lm._checkpoint, "bfloat16")
+    assert q in bfloat16 and tensors[q] is lm._checkpoint.weights[q]  # the file's own view
+    ids = np.array([PROMPTS[2]])
+    with torch.no_grad():
+        torch_bf16 = bf16(torch.from_numpy(ids)).logits.float().numpy()
+    assert np.abs(lm.forward(ids) - torch_bf16).max() <= BF16_VS_TORCH_BF16_ATOL
