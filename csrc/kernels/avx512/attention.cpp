@@ -1,0 +1,79 @@
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "core/thread_pool.h"
+#include "kernels/avx512/avx512.h"
+#include "kernels/avx512/exp.h"
+
+namespace infermode::avx512 {
+namespace {
+
+__mmask16 mask_upto(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t d = 0; d < n; d += 16) {
+    const __mmask16 m = mask_upto(n - d);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + d), _mm512_maskz_loadu_ps(m, b + d), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+}  // namespace
+
+// As ref::attention, vectorised: scores are dot products over head_dim, the softmax runs sixteen
+// scores at a time with exp16, and the output accumulates probability-weighted value rows.
+void attention(const float* q, const float* k, const float* v, float* out,
+               const AttentionShape& s, float* scores, int ith, int nth) {
+  const int64_t group = s.heads / s.kv_heads;
+  const int64_t context = s.first_pos + s.tokens;
+  const int64_t hd = s.head_dim;
+  float* mine = scores + int64_t(ith) * group * context;
+  const Range pairs = split_range(s.tokens * s.kv_heads, ith, nth);
+  for (int64_t pair = pairs.begin; pair < pairs.end; ++pair) {
+    const int64_t t = pair / s.kv_heads, g = pair % s.kv_heads;
+    const int64_t n = s.first_pos + t + 1;
+    const float* kg = k + g * s.capacity * hd;
+    const float* vg = v + g * s.capacity * hd;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      const float* qh = q + t * s.q_stride + h * hd;
+      float* sc = mine + (h - g * group) * context;
+      __m512 peak = _mm512_set1_ps(-INFINITY);
+      for (int64_t j = 0; j < n; ++j) sc[j] = dot(qh, kg + j * hd, hd) * s.scale;
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = mask_upto(n - j);
+        peak = _mm512_mask_max_ps(peak, m, peak, _mm512_maskz_loadu_ps(m, sc + j));
+      }
+      const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
+      __m512 total = _mm512_setzero_ps();
+      for (int64_t j = 0; j < n; j += 16) {
+        const __mmask16 m = mask_upto(n - j);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + j), top));
+        _mm512_mask_storeu_ps(sc + j, m, e);
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(m, e));
+      }
+      const float inv = 1.0f / _mm512_reduce_add_ps(total);
+      float* oh = out + (t * s.heads + h) * hd;
+      for (int64_t d = 0; d < hd; d += 64) {
+        // Up to four zmm of the output row stay in registers while every value row passes.
+        const int64_t w = hd - d < 64 ? hd - d : 64;
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                         _mm512_setzero_ps()};
+        __mmask16 m[4];
+        for (int q4 = 0; q4 < 4; ++q4) m[q4] = mask_upto(w - 16 * q4 > 0 ? w - 16 * q4 : 0);
+        for (int64_t j = 0; j < n; ++j) {
+          const __m512 p = _mm512_set1_ps(sc[j]);
+          const float* vj = vg + j * hd + d;
+          for (int q4 = 0; q4 < 4; ++q4)
+            acc[q4] = _mm512_fmadd_ps(p, _mm512_maskz_loadu_ps(m[q4], vj + 16 * q4), acc[q4]);
+        }
+        const __m512 scale = _mm512_set1_ps(inv);
+        for (int q4 = 0; q4 < 4; ++q4)
+          _mm512_mask_storeu_ps(oh + d + 16 * q4, m[q4], _mm512_mul_ps(acc[q4], scale));
+      }
+    }
+  }
+}
+
+}  // namespace infermode::avx512
