@@ -15,5 +15,8 @@ size_t matmul_f32_workspace(const GemmShape& s, int nth);
 void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
                  int ith, int nth);
 double sum_f32(const float* x, int64_t n);
+void attention(const float* q, const float* k, const float* v, float* out,
+               const AttentionShape& s, float* scores, int ith, int nth);
+void swiglu(const float* g, const float* u, float* y, int64_t n);
 
 }  // namespace infermode::avx2

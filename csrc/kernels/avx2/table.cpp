@@ -8,6 +8,8 @@ void fill_table(KernelTable& t) {
   // Same tiles and workspace: bfloat16 B is widened while it is packed or streamed.
   t.matmul_bf16 = {{&matmul_bf16, &matmul_f32_workspace}, Isa::avx2};
   t.sum_f32 = {&sum_f32, Isa::avx2};
+  t.attention = {&attention, Isa::avx2};
+  t.swiglu = {&swiglu, Isa::avx2};
 }
 
 }  // namespace infermode::avx2

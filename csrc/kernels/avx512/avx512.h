@@ -17,5 +17,6 @@ void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s
 double sum_f32(const float* x, int64_t n);
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);
+void swiglu(const float* g, const float* u, float* y, int64_t n);
 
 }  // namespace infermode::avx512

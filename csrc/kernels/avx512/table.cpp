@@ -9,6 +9,7 @@ void fill_table(KernelTable& t) {
   t.matmul_bf16 = {{&matmul_bf16, &matmul_f32_workspace}, Isa::avx512};
   t.sum_f32 = {&sum_f32, Isa::avx512};
   t.attention = {&attention, Isa::avx512};
+  t.swiglu = {&swiglu, Isa::avx512};
 }
 
 }  // namespace infermode::avx512

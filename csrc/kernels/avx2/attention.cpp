@@ -1,0 +1,83 @@
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "core/thread_pool.h"
+#include "kernels/avx2/avx2.h"
+#include "kernels/avx2/exp.h"
+#include "kernels/avx2/hsum.h"
+
+namespace infermode::avx2 {
+namespace {
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+  float total = hsum(acc);
+  for (; d < n; ++d) total += a[d] * b[d];
+  return total;
+}
+
+}  // namespace
+
+// As ref::attention, vectorised eight lanes wide (see avx512/attention.cpp).
+void attention(const float* q, const float* k, const float* v, float* out,
+               const AttentionShape& s, float* scores, int ith, int nth) {
+  const int64_t group = s.heads / s.kv_heads;
+  const int64_t context = s.first_pos + s.tokens;
+  const int64_t hd = s.head_dim;
+  float* mine = scores + int64_t(ith) * group * context;
+  const Range pairs = split_range(s.tokens * s.kv_heads, ith, nth);
+  for (int64_t pair = pairs.begin; pair < pairs.end; ++pair) {
+    const int64_t t = pair / s.kv_heads, g = pair % s.kv_heads;
+    const int64_t n = s.first_pos + t + 1;
+    const float* kg = k + g * s.capacity * hd;
+    const float* vg = v + g * s.capacity * hd;
+    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+      const float* qh = q + t * s.q_stride + h * hd;
+      float* sc = mine + (h - g * group) * context;
+      float peak = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) {
+        sc[j] = dot(qh, kg + j * hd, hd) * s.scale;
+        peak = sc[j] > peak ? sc[j] : peak;
+      }
+      const __m256 top = _mm256_set1_ps(peak);
+      __m256 total8 = _mm256_setzero_ps();
+      int64_t j = 0;
+      for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), top));
+        _mm256_storeu_ps(sc + j, e);
+        total8 = _mm256_add_ps(total8, e);
+      }
+      float total = hsum(total8);
+      for (; j < n; ++j) {
+        sc[j] = std::exp(sc[j] - peak);
+        total += sc[j];
+      }
+      const float inv = 1.0f / total;
+      float* oh = out + (t * s.heads + h) * hd;
+      int64_t d = 0;
+      for (; d + 32 <= hd; d += 32) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int64_t i = 0; i < n; ++i) {
+          const __m256 p = _mm256_set1_ps(sc[i]);
+          const float* vi = vg + i * hd + d;
+          for (int q4 = 0; q4 < 4; ++q4)
+            acc[q4] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vi + 8 * q4), acc[q4]);
+        }
+        for (int q4 = 0; q4 < 4; ++q4)
+          _mm256_storeu_ps(oh + d + 8 * q4, _mm256_mul_ps(acc[q4], _mm256_set1_ps(inv)));
+      }
+      for (; d < hd; ++d) {
+        float acc = 0.0f;
+        for (int64_t i = 0; i < n; ++i) acc += sc[i] * vg[i * hd + d];
+        oh[d] = acc * inv;
+      }
+    }
+  }
+}
+
+}  // namespace infermode::avx2
