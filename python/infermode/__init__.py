@@ -16,7 +16,8 @@ from infermode.context import inference, inference_context, inference_mode
 from infermode.devices import ModeChoice, select_mode
 from infermode.info import cpu_info
 from infermode.llm import CausalLM, GenerationOutput, ModelConfig
-from infermode import ops
+from infermode.pipeline import InferenceConfig, InferencePipeline
+from infermode import activations, ops
 
 try:
     __version__ = _metadata.version("infermode")
@@ -26,9 +27,12 @@ except _metadata.PackageNotFoundError:  # pragma: no cover - running from a sour
 __all__ = [
     "CausalLM",
     "GenerationOutput",
+    "InferenceConfig",
+    "InferencePipeline",
     "ModeChoice",
     "ModelConfig",
     "__version__",
+    "activations",
     "cpu_info",
     "inference",
     "inference_context",
