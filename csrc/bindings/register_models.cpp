@@ -141,7 +141,7 @@ void register_models(py::module_& m) {
           "generate",
           [](PyDecoder& self, const std::vector<std::vector<int32_t>>& prompts,
              int64_t max_new_tokens, float temperature, int64_t top_k, float top_p,
-             uint64_t seed, const std::vector<int32_t>& stop_ids,
+             uint64_t seed, uint64_t first_stream, const std::vector<int32_t>& stop_ids,
              const std::vector<int>& capture_points, const std::string& capture_positions,
              int threads, const py::object& on_token) {
             const DecoderConfig& c = self.model->config();
@@ -149,6 +149,7 @@ void register_models(py::module_& m) {
             options.max_new_tokens = max_new_tokens;
             options.sampling = SamplingParams{temperature, top_k, top_p};
             options.seed = seed;
+            options.first_stream = first_stream;
             options.stop_ids = stop_ids;
             options.threads = threads;
             const CapturePositions mode = parse_capture_positions(capture_positions.c_str());
@@ -181,7 +182,7 @@ void register_models(py::module_& m) {
             return py::make_tuple(tokens, captured);
           },
           py::arg("prompts"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f,
-          py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
+          py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("first_stream") = 0,
           py::arg("stop_ids") = std::vector<int32_t>{},
           py::arg("capture_points") = std::vector<int>{},
           py::arg("capture_positions") = "generated", py::arg("threads") = 0,

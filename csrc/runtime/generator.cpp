@@ -37,7 +37,8 @@ std::vector<std::vector<int32_t>> generate(const Decoder& model,
   KvCache cache(c.layers, batch, c.kv_heads, longest + options.max_new_tokens, c.head_dim);
   std::vector<Sampler> samplers;
   for (int64_t b = 0; b < batch; ++b)
-    samplers.emplace_back(options.sampling, options.seed, uint64_t(b), c.vocab_size);
+    samplers.emplace_back(options.sampling, options.seed, options.first_stream + uint64_t(b),
+                          c.vocab_size);
   std::vector<std::vector<int32_t>> out(batch);
   std::vector<char> done(batch, 0);
   Tensor logits = Tensor::empty({batch, c.vocab_size}, DType::f32);

@@ -16,6 +16,9 @@ struct GenerateOptions {
   int64_t max_new_tokens = 32;
   SamplingParams sampling;
   uint64_t seed = 0;
+  // Sequence b samples from random stream first_stream + b of `seed`: batches of a larger set can
+  // draw exactly what one call over the whole set would.
+  uint64_t first_stream = 0;
   std::vector<int32_t> stop_ids;  // a sequence ends after emitting one of these
   int threads = 0;
 };

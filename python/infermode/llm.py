@@ -125,15 +125,16 @@ class CausalLM:
                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  seed: Optional[int] = None, stop: Optional[Sequence[int]] = None,
                  capture: Optional[Sequence[Union[str, int]]] = None, stream: bool = False,
-                 capture_positions: str = "generated") -> Any:
+                 capture_positions: str = "generated", stream_offset: int = 0) -> Any:
         """Generates up to ``max_new_tokens`` new tokens for each prompt, in one C++ loop.
 
         ``prompts_or_ids``: a string, a list of strings, a list of token ids, a list of lists of
         ids, or an int array ``[batch, seq]``. Prompts may differ in length: each is prefilled on
         its own and decoded with the others, so a batch gives what one-by-one generation gives.
         ``temperature=0`` is greedy; otherwise sampling from the ``top_k``/``top_p`` candidates
-        with ``seed`` (each sequence draws from its own seeded generator). ``stop``: token ids
-        that end a sequence (default: the model's end-of-sequence ids).
+        with ``seed``: prompt i draws from random stream ``stream_offset + i`` of the seed, so a
+        prompt samples the same tokens alone or in any batch that gives it the same stream.
+        ``stop``: token ids that end a sequence (default: the model's end-of-sequence ids).
 
         ``capture``: names of activations to record while generating — ``"embed"``,
         ``"blocks.{i}.resid_post"`` (output of block i, from 0) or ``"final_norm"`` (an int i
@@ -145,7 +146,7 @@ class CausalLM:
 
             out = model.generate(["Hello", "Bonjour"], max_new_tokens=8, capture=[3])
         """
-        prompts = self._encode_prompts(prompts_or_ids)
+        prompts = self.encode_prompts(prompts_or_ids)
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) \
                 or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
@@ -163,7 +164,8 @@ class CausalLM:
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") if temperature > 0 else 0
         kwargs = dict(max_new_tokens=max_new_tokens, temperature=float(temperature),
-                      top_k=int(top_k), top_p=float(top_p), seed=int(seed), stop_ids=stop_ids,
+                      top_k=int(top_k), top_p=float(top_p), seed=int(seed),
+                      first_stream=int(stream_offset), stop_ids=stop_ids,
                       capture_points=points, capture_positions=capture_positions,
                       threads=self._threads())
         if stream:
@@ -224,7 +226,11 @@ class CausalLM:
     def _threads(self) -> int:
         return self.threads or 0
 
-    def _encode_prompts(self, prompts: Prompts) -> List[List[int]]:
+    def encode_prompts(self, prompts: Prompts) -> List[List[int]]:
+        """The token ids of each prompt, checked: what :meth:`generate` runs.
+
+        Strings are tokenized; ids must lie in the vocabulary; no prompt may be empty.
+        """
         if isinstance(prompts, np.ndarray):
             prompts = prompts.tolist()
         if isinstance(prompts, str):

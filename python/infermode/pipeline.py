@@ -293,9 +293,10 @@ class InferencePipeline:
         (only those: ``index.json``, ``shard-*.safetensors`` and leftover temporaries).
         ``progress``: show a tqdm bar over prompts.
 
-        Sampling (``temperature > 0``) gives batch k the seed ``seed + index of its first prompt``
-        (row b of a batch then draws from stream b of that seed), so a run repeats exactly for
-        the same seed and ``batch_size``; without a seed one is drawn and recorded in the index.
+        Sampling (``temperature > 0``): prompt i draws from random stream i of ``seed`` whatever
+        its batch, so a run repeats exactly for the same seed, at any ``batch_size``, and equals
+        one ``CausalLM.generate`` call over all prompts; without a seed one is drawn and recorded
+        in the index.
 
             out = pipe.generate([[1, 5, 9], [1, 7]], overwrite=True)
         """
@@ -322,7 +323,7 @@ class InferencePipeline:
                 batch = encoded[start:start + cfg.batch_size]
                 out = model.generate(batch, max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, top_k=cfg.top_k,
-                                     top_p=cfg.top_p, seed=((seed or 0) + start) % _SEED_LIMIT,
+                                     top_p=cfg.top_p, seed=seed or 0, stream_offset=start,
                                      capture=capture, capture_positions=cfg.capture_positions)
                 indexes = list(range(start, start + len(batch)))
                 shard = None
@@ -362,7 +363,7 @@ class InferencePipeline:
                 raise TypeError(f"prompts[{i}] is an int: pass a list of token-id lists, e.g. "
                                 "[[1, 2, 3]], not one flat list")
         # Validates every prompt (token ids in range, text needs a tokenizer) before any compute.
-        encoded = model._encode_prompts(list(prompts))
+        encoded = model.encode_prompts(list(prompts))
         context = model.config.max_position_embeddings
         for i, ids in enumerate(encoded):
             if len(ids) + self.config.max_new_tokens > context:

@@ -152,10 +152,12 @@ def test_prompts_without_tokenizer_must_be_ids(llama_dir):
 
 def test_sampling_is_reproducible_and_the_drawn_seed_is_recorded(llama_dir, model, tmp_path):
     sampling = dict(temperature=1.3, top_k=20, top_p=0.95)
-    one_batch = _pipeline(llama_dir, batch_size=len(PROMPTS), seed=5, **sampling)
-    # The first batch uses the seed itself: one batch is exactly CausalLM.generate(seed=5).
-    assert one_batch.generate(PROMPTS, progress=False).token_ids == model.generate(
-        PROMPTS, max_new_tokens=MAX_NEW, seed=5, **sampling).token_ids
+    whole = model.generate(PROMPTS, max_new_tokens=MAX_NEW, seed=5, **sampling).token_ids
+    # Prompt i draws from stream i of the seed in any batch: every batch size gives one call's
+    # tokens.
+    for batch_size in (len(PROMPTS), 3, 1):
+        pipe = _pipeline(llama_dir, batch_size=batch_size, seed=5, **sampling)
+        assert pipe.generate(PROMPTS, progress=False).token_ids == whole
 
     first = _extracting(llama_dir, tmp_path / "a", batch_size=3, **sampling)
     tokens = first.generate(PROMPTS, progress=False).token_ids
