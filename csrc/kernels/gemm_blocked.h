@@ -54,24 +54,12 @@ void transpose8x8(const W* src, int64_t ld_src, float* dst, int64_t ld_dst) {
   }
 }
 
-// Micro must provide MR, NR, KC, MC, NC and
-//   static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc,
-//                    int mr, int nr, bool accumulate);
-// computing C[0:mr, 0:nr] (+)= Ap (kc x MR, k-major) * Bp (kc x NR, k-major).
-template <typename Micro>
-struct BlockedGemm {
-  static constexpr int MR = Micro::MR, NR = Micro::NR;
-  static constexpr int64_t KC = Micro::KC, MC = Micro::MC, NC = Micro::NC;
-
-  static int64_t kc_max(const GemmShape& s) { return std::min<int64_t>(s.k, KC); }
-  static int64_t nc_max(const GemmShape& s) {
-    return std::min<int64_t>((s.n + NR - 1) / NR * NR, NC);
-  }
-
-  static size_t workspace_floats(const GemmShape& s, int nth) {
-    const int64_t kc = kc_max(s);
-    return size_t(kc * nc_max(s) + int64_t(nth) * MC * kc + 64);
-  }
+// The float32 packing: A in MR-tall micro-panels, B in NR-wide ones, both k-major, one float
+// per k. Micro-kernels that multiply float32 inherit it.
+template <int MR, int NR>
+struct F32Packing {
+  using Elem = float;
+  static constexpr int64_t kDepth = 1;  // k values per packed element
 
   // Rows [i0, i0+mc) of A, columns [p0, p0+kc), into MR-tall panels; rows past mc are zero.
   static void pack_a(const float* a, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc,
@@ -117,13 +105,40 @@ struct BlockedGemm {
       }
     }
   }
+};
+
+// Micro must provide MR, NR, KC, MC, NC, a packing (Elem, kDepth, pack_a, pack_b: see
+// F32Packing) and
+//   static void tile(int64_t depth, const Elem* ap, const Elem* bp, float* c, int64_t ldc,
+//                    int mr, int nr, bool accumulate);
+// computing C[0:mr, 0:nr] (+)= Ap (depth x MR, k-major) * Bp (depth x NR, k-major), where depth
+// counts packed elements (kDepth k values each).
+template <typename Micro>
+struct BlockedGemm {
+  static constexpr int MR = Micro::MR, NR = Micro::NR;
+  static constexpr int64_t KC = Micro::KC, MC = Micro::MC, NC = Micro::NC;
+  using Elem = typename Micro::Elem;
+  static constexpr int64_t kDepth = Micro::kDepth;
+  static_assert(sizeof(Elem) == sizeof(float), "workspace is counted in 4-byte elements");
+  static_assert(KC % kDepth == 0, "a K slice must hold whole packed elements");
+
+  static int64_t depth(int64_t kc) { return (kc + kDepth - 1) / kDepth; }
+  static int64_t kc_max(const GemmShape& s) { return std::min<int64_t>(s.k, KC); }
+  static int64_t nc_max(const GemmShape& s) {
+    return std::min<int64_t>((s.n + NR - 1) / NR * NR, NC);
+  }
+
+  static size_t workspace_floats(const GemmShape& s, int nth) {
+    const int64_t d = depth(kc_max(s));
+    return size_t(d * nc_max(s) + int64_t(nth) * MC * d + 64);
+  }
 
   template <typename W>
   static void run(const float* a, const W* b, float* c, const GemmShape& s, float* work, int ith,
                   int nth) {
-    const int64_t kcm = kc_max(s);
-    float* bpack = work;
-    float* apack = work + kcm * nc_max(s) + int64_t(ith) * MC * kcm;
+    const int64_t dmax = depth(kc_max(s));
+    Elem* bpack = reinterpret_cast<Elem*>(work);
+    Elem* apack = bpack + dmax * nc_max(s) + int64_t(ith) * MC * dmax;
     // Enough rows for every thread to own whole micro-panels: split rows, share all of B.
     // Otherwise (few rows), every thread packs all of A and takes a share of B's panels.
     const bool split_rows = (s.m + MR - 1) / MR >= 2 * nth;
@@ -134,21 +149,22 @@ struct BlockedGemm {
       const int64_t panels = (nc + NR - 1) / NR;
       for (int64_t pc = 0; pc < s.k; pc += KC) {
         const int64_t kc = std::min(KC, s.k - pc);
+        const int64_t d = depth(kc);
         const Range mine = split_range(panels, ith, nth);
         for (int64_t q = mine.begin; q < mine.end; ++q)
-          pack_b(b, s, pc, kc, jc + q * NR, int(std::min<int64_t>(NR, nc - q * NR)),
-                 bpack + q * NR * kc);
+          Micro::pack_b(b, s, pc, kc, jc + q * NR, int(std::min<int64_t>(NR, nc - q * NR)),
+                        bpack + q * NR * d);
         barrier();
         const Range cols = split_rows ? Range{0, panels} : mine;
         for (int64_t ic = rows.begin; ic < rows.end; ic += MC) {
           const int64_t mc = std::min(MC, rows.end - ic);
-          pack_a(a, s.lda, ic, mc, pc, kc, apack);
+          Micro::pack_a(a, s.lda, ic, mc, pc, kc, apack);
           for (int64_t q = cols.begin; q < cols.end; ++q) {
             const int nr = int(std::min<int64_t>(NR, nc - q * NR));
-            const float* bp = bpack + q * NR * kc;
+            const Elem* bp = bpack + q * NR * d;
             for (int64_t ir = 0; ir < mc; ir += MR) {
               const int mr = int(std::min<int64_t>(MR, mc - ir));
-              Micro::tile(kc, apack + ir * kc, bp, c + (ic + ir) * s.ldc + jc + q * NR, s.ldc,
+              Micro::tile(d, apack + ir * d, bp, c + (ic + ir) * s.ldc + jc + q * NR, s.ldc,
                           mr, nr, pc > 0);
             }
           }

@@ -28,7 +28,7 @@ __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 }
 
 // 6 x 16 tile: 12 ymm accumulators, 2 for B, 1 for the broadcast of A.
-struct Micro {
+struct Micro : F32Packing<6, 16> {
   static constexpr int MR = 6, NR = 16;
   static constexpr int64_t KC = 256, MC = 24 * MR, NC = 4096;
 

@@ -23,7 +23,7 @@ __m512 load16(const uint16_t* p, __mmask16 m) {
 }
 
 // 12 x 32 tile: 24 zmm accumulators + 2 for B; A is broadcast from memory.
-struct Micro {
+struct Micro : F32Packing<12, 32> {
   static constexpr int MR = 12, NR = 32;
   static constexpr int64_t KC = 256, MC = 12 * MR, NC = 4096;
 
