@@ -31,9 +31,10 @@ void register_kernels(py::module_& m) {
 
   m.def(
       "matmul",
-      [](const py::array& a, const py::array& b, const py::object& out, int threads) {
+      [](const py::array& a, const py::array& b, const py::object& out, int threads,
+         bool b_bfloat16) {
         Tensor at = borrow_array(a, "a");
-        Tensor bt = borrow_array(b, "b");
+        Tensor bt = borrow_array(b, "b", false, b_bfloat16);
         Shape shape = at.shape();
         if (shape.ndim >= 1 && bt.ndim() == 2) shape[shape.ndim - 1] = bt.size(1);
         Tensor ct;
@@ -44,7 +45,8 @@ void register_kernels(py::module_& m) {
         }
         return result;
       },
-      py::arg("a"), py::arg("b"), py::arg("out") = py::none(), py::arg("threads") = 0);
+      py::arg("a"), py::arg("b"), py::arg("out") = py::none(), py::arg("threads") = 0,
+      py::arg("b_bfloat16") = false);
 
   m.def(
       "sum",

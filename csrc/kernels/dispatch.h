@@ -38,6 +38,9 @@ struct MatmulBf16Kernel {
   void (*run)(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
               int ith, int nth);
   size_t (*workspace_floats)(const GemmShape& s, int nth);
+  // True when large products round A to bfloat16 too (a bfloat16 dot-product GEMM): results
+  // then carry bfloat16 rounding of the activations, as PyTorch's bfloat16 matmuls do.
+  bool rounds_a = false;
 };
 // Sum of x[0, n): float within blocks of a few thousand elements, double across blocks.
 using SumF32Kernel = double (*)(const float* x, int64_t n);

@@ -37,5 +37,6 @@ def matmul(
     b: npt.NDArray[np.float32],
     out: Optional[npt.NDArray[np.float32]] = None,
     threads: int = 0,
+    b_bfloat16: bool = False,
 ) -> npt.NDArray[np.float32]: ...
 def sum(x: npt.NDArray[np.float32], threads: int = 0) -> float: ...

@@ -17,8 +17,9 @@ from infermode._ext import _core
 __all__ = ["matmul", "rms_norm", "sum"]
 
 
-def _as_array(x: Any, name: str) -> tuple:
-    """(NumPy view of x, whether x was a torch tensor)."""
+def _as_array(x: Any, name: str, bfloat16_ok: bool = False) -> tuple:
+    """(NumPy view of x, whether x was a torch tensor); bfloat16 tensors, where the op takes
+    them, as their uint16 bits (NumPy has no bfloat16)."""
     if isinstance(x, np.ndarray):
         return x, False
     torch = sys.modules.get("torch")
@@ -28,7 +29,9 @@ def _as_array(x: Any, name: str) -> tuple:
                 f"{name} is on {x.device}; infermode's core runs on the CPU: pass {name}.cpu()"
             )
         if x.dtype == torch.bfloat16:
-            raise TypeError(f"{name} has dtype torch.bfloat16; this op takes float32")
+            if not bfloat16_ok:
+                raise TypeError(f"{name} has dtype torch.bfloat16; this op takes float32")
+            return x.detach().view(torch.int16).numpy().view(np.uint16), True
         return x.detach().numpy(), True
     raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
 
@@ -68,12 +71,15 @@ def rms_norm(
 def matmul(a: Any, b: Any, *, out: Any = None, threads: Optional[int] = None) -> Any:
     """``a @ b`` in float32; ``b`` [k, n] may be row-major or a transposed [n, k] weight (``w.T``).
 
+    ``b`` may also be a torch.bfloat16 tensor (a bfloat16 weight, read at half the bytes).
+
         y = im.ops.matmul(x, linear.weight.T)     # no copy of the weight
     """
     aa, at = _as_array(a, "a")
-    ba, bt = _as_array(b, "b")
+    ba, bt = _as_array(b, "b", bfloat16_ok=True)
     oa = None if out is None else _as_array(out, "out")[0]
-    result = _core.matmul(aa, ba, oa, _threads(threads))
+    is_bf16 = bt and b.dtype == sys.modules["torch"].bfloat16
+    result = _core.matmul(aa, ba, oa, _threads(threads), is_bf16)
     return _result(result, out, at or bt)
 
 

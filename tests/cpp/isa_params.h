@@ -15,6 +15,7 @@ namespace infermode::testing {
 constexpr float kTolF32Elementwise = 2e-6f;  // one rounding per op, float32 accumulation
 constexpr float kTolF32Dot = 2e-6f;          // per sqrt(k): float32 FMA chains vs double
 constexpr double kTolF32BlockSum = 1e-6;     // float32 sums over blocks, then double
+constexpr double kTolBf16ActivationDot = 4e-3;  // per sqrt(k): A rounded to bfloat16 (2^-9)
 
 inline std::vector<Isa> supported_isas() {
   std::vector<Isa> out;

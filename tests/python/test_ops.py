@@ -175,3 +175,26 @@ class TestBadInputs:
             _core.set_isa(unsupported[0])
         with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
             _core.set_isa("sse9")
+
+
+# Large products may round the activations to bfloat16 as well (the AVX512-BF16 GEMM): 2^-9
+# relative per product, against 2^-24 when only the weights are bfloat16.
+TOL_BF16_ACTIVATIONS = 4e-3
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [1, 9, 64])
+def test_matmul_with_torch_bfloat16_weights(restore_isa, isa, m):
+    restore_isa.set_isa(isa)
+    torch.manual_seed(m)
+    x = torch.randn(m, 301)
+    w = torch.randn(77, 301).to(torch.bfloat16)
+    got = ops.matmul(x, w.T)
+    assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+    a, b = x.numpy(), w.float().numpy().T
+    want = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    tol = (TOL_F32_DOT if m <= 8 else TOL_BF16_ACTIVATIONS) * np.sqrt(301) * scale
+    assert np.all(np.abs(got.numpy() - want) <= tol)
+    with pytest.raises(TypeError, match="a has dtype torch.bfloat16"):
+        ops.matmul(x.to(torch.bfloat16), w.T)

@@ -14,6 +14,14 @@ void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, fl
 size_t matmul_f32_workspace(const GemmShape& s, int nth);
 void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
                  int ith, int nth);
+// The same, with products of more than a few rows on AVX512-BF16 dot products.
+void matmul_bf16_dot(const float* a, const uint16_t* b, float* c, const GemmShape& s,
+                     float* work, int ith, int nth);
+size_t matmul_bf16_dot_workspace(const GemmShape& s, int nth);
+// In matmul_dpbf16_bf16.cpp (compiled with -mavx512bf16): false when it declines the shape.
+bool matmul_bf16_dpbf16(const float* a, const uint16_t* b, float* c, const GemmShape& s,
+                        float* work, int ith, int nth);
+size_t matmul_bf16_dpbf16_workspace(const GemmShape& s, int nth);
 double sum_f32(const float* x, int64_t n);
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);

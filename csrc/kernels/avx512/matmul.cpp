@@ -189,6 +189,15 @@ void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s
   matmul(a, b, c, s, work, ith, nth);
 }
 
+void matmul_bf16_dot(const float* a, const uint16_t* b, float* c, const GemmShape& s,
+                     float* work, int ith, int nth) {
+  if (!matmul_bf16_dpbf16(a, b, c, s, work, ith, nth)) matmul(a, b, c, s, work, ith, nth);
+}
+
+size_t matmul_bf16_dot_workspace(const GemmShape& s, int nth) {
+  return s.m <= skinny_rows(s) ? 0 : matmul_bf16_dpbf16_workspace(s, nth);
+}
+
 size_t matmul_f32_workspace(const GemmShape& s, int nth) {
   return s.m <= skinny_rows(s) ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
 }
