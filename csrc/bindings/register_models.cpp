@@ -182,7 +182,8 @@ void register_models(py::module_& m) {
             return py::make_tuple(tokens, captured);
           },
           py::arg("prompts"), py::arg("max_new_tokens"), py::arg("temperature") = 0.0f,
-          py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0, py::arg("first_stream") = 0,
+          py::arg("top_k") = 0, py::arg("top_p") = 1.0f, py::arg("seed") = 0,
+          py::arg("first_stream") = 0,
           py::arg("stop_ids") = std::vector<int32_t>{},
           py::arg("capture_points") = std::vector<int>{},
           py::arg("capture_positions") = "generated", py::arg("threads") = 0,

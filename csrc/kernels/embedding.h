@@ -3,7 +3,8 @@
 
 namespace infermode {
 
-// out[t, :] = table[ids[t], :]. table: float32 or bfloat16 (widened) [vocab, hidden]; ids: int32 [tokens];
+// out[t, :] = table[ids[t], :]. table: float32 or bfloat16 (widened) [vocab, hidden];
+// ids: int32 [tokens];
 // out: float32 [tokens, hidden]. An id outside [0, vocab) is a ValueError naming it.
 void embedding(const Tensor& table, const Tensor& ids, Tensor& out);
 

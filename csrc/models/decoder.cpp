@@ -44,7 +44,8 @@ void store_kv(const Tensor& rows, const Segment& seg, Tensor block, int64_t kv_h
   for (int64_t t = 0; t < seg.n; ++t)
     for (int64_t g = 0; g < kv_heads; ++g)
       std::memcpy(dst + (g * capacity + seg.pos + t) * head_dim,
-                  src + ((seg.row + t) * kv_heads + g) * head_dim, size_t(head_dim) * sizeof(float));
+                  src + ((seg.row + t) * kv_heads + g) * head_dim,
+                  size_t(head_dim) * sizeof(float));
 }
 
 }  // namespace
@@ -142,12 +143,14 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
 
   Tensor x = Tensor::empty({rows, hidden}, DType::f32);  // the residual stream
   embedding(weights_.embed, Tensor::borrow(const_cast<int32_t*>(ids), DType::i32, {rows}), x);
-  if (sink && sink->wants(0)) sink->write(0, x.data<float>(), hidden, segments.data(), segments.size());
+  if (sink && sink->wants(0))
+    sink->write(0, x.data<float>(), hidden, segments.data(), segments.size());
 
   Tensor positions = Tensor::empty({rows}, DType::i64);
   for (const Segment& s : segments)
     for (int64_t t = 0; t < s.n; ++t) positions.data<int64_t>()[s.row + t] = s.pos + t;
-  Tensor cos = Tensor::empty({rows, half}, DType::f32), sin = Tensor::empty({rows, half}, DType::f32);
+  Tensor cos = Tensor::empty({rows, half}, DType::f32);
+  Tensor sin = Tensor::empty({rows, half}, DType::f32);
   rope_angles(inv_freq_, positions.data<int64_t>(), rows, cos.data<float>(), sin.data<float>());
 
   Tensor h = Tensor::empty({rows, hidden}, DType::f32);

@@ -1,7 +1,8 @@
 #pragma once
 // The decoder-only transformer of the Llama family (Llama 2/3, SmolLM2) and Qwen2 (q/k/v bias).
-// Activations are float32; weight matrices float32 or bfloat16 (widened as they are read). Config and Weights are kept apart; the model owns no weight memory: it borrows the
-// caller's buffers (memory-mapped checkpoint files), named as in the Hugging Face checkpoint.
+// Activations are float32; weight matrices float32 or bfloat16 (widened as they are read).
+// Config and Weights are kept apart; the model owns no weight memory: it borrows the caller's
+// buffers (memory-mapped checkpoint files), named as in the Hugging Face checkpoint.
 #include <cstdint>
 #include <map>
 #include <string>

@@ -30,7 +30,8 @@ int32_t Sampler::next(const float* logits) {
     return int32_t(best);
   }
   candidates_.clear();
-  for (int64_t i = 0; i < vocab_; ++i) candidates_.push_back({logits[i] / params_.temperature, int32_t(i)});
+  for (int64_t i = 0; i < vocab_; ++i)
+    candidates_.push_back({logits[i] / params_.temperature, int32_t(i)});
   auto by_logit = [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };

@@ -94,7 +94,8 @@ void check_case_bf16(Isa isa, const Case& c, int threads) {
       }
       const double tol = tol_per_sqrt_k * std::sqrt(double(c.k)) * scale + 1e-30;
       ASSERT_NEAR(out[i * c.n + j], want, tol)
-          << isa_name(isa) << (rounds_a ? " bf16 (A rounded) " : " bf16 ") << describe(c) << " at (" << i << ", " << j << ")";
+          << isa_name(isa) << (rounds_a ? " bf16 (A rounded) " : " bf16 ") << describe(c)
+          << " at (" << i << ", " << j << ")";
     }
   }
 }
