@@ -109,7 +109,7 @@ void register_models(py::module_& m) {
            py::arg("config"), py::arg("tensors"), py::arg("bfloat16") = std::vector<std::string>{})
       .def(
           "forward",
-          [](PyDecoder& self, const py::array& ids, int threads) {
+          [](PyDecoder& self, const py::array& ids, int threads, bool last_only) {
             Tensor it = borrow_array(ids, "input_ids");
             IM_CHECK_TYPE(it.dtype() == DType::i32, "input_ids must be int32, got {}",
                           dtype_name(it.dtype()));
@@ -122,7 +122,8 @@ void register_models(py::module_& m) {
             IM_CHECK(tokens <= c.max_positions,
                      "{} tokens exceed the model's context of {} positions", tokens,
                      c.max_positions);
-            py::array_t<float> logits({batch, tokens, c.vocab_size});
+            const int64_t kept = last_only ? 1 : tokens;
+            py::array_t<float> logits({batch, kept, c.vocab_size});
             float* lp = logits.mutable_data();
             {
               py::gil_scoped_release release;
@@ -130,13 +131,14 @@ void register_models(py::module_& m) {
               std::vector<Segment> segments;
               std::vector<int64_t> rows;
               for (int64_t b = 0; b < batch; ++b) segments.push_back({b, 0, tokens, b * tokens});
-              for (int64_t r = 0; r < batch * tokens; ++r) rows.push_back(r);
+              for (int64_t b = 0; b < batch; ++b)
+                for (int64_t t = tokens - kept; t < tokens; ++t) rows.push_back(b * tokens + t);
               self.model->forward(static_cast<const int32_t*>(it.raw()), segments, cache, rows,
                                   lp, nullptr, threads);
             }
             return logits;
           },
-          py::arg("input_ids"), py::arg("threads") = 0)
+          py::arg("input_ids"), py::arg("threads") = 0, py::arg("last_only") = false)
       .def(
           "generate",
           [](PyDecoder& self, const std::vector<std::vector<int32_t>>& prompts,

@@ -111,13 +111,15 @@ class CausalLM:
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, input_ids: Any) -> np.ndarray:
-        """Logits ``[batch, seq, vocab]`` (float32) for every position of each row of ids.
+    def forward(self, input_ids: Any, last_only: bool = False) -> np.ndarray:
+        """Logits ``[batch, seq, vocab]`` (float32) for every position of each row of ids, or
+        ``[batch, 1, vocab]`` for the last position only (``last_only``: what a prefill needs,
+        without the LM head's cost for every position).
 
             logits = model.forward([[1, 2, 3]])
         """
         ids = _as_int32_matrix(input_ids, self.config.vocab_size)
-        return self._model.forward(ids, self._threads())
+        return self._model.forward(ids, self._threads(), bool(last_only))
 
     # ------------------------------------------------------------------ generate
 

@@ -107,6 +107,9 @@ def test_logits_match_transformers(checkpoints, loaded, name):
     got = loaded[name].forward(ids)
     assert got.shape == want.shape
     assert np.abs(got - want).max() <= LOGITS_ATOL
+    last = loaded[name].forward(ids, last_only=True)
+    assert last.shape == (2, 1, want.shape[2])
+    assert np.abs(last[:, 0] - want[:, -1]).max() <= LOGITS_ATOL
 
 
 @pytest.mark.parametrize("name", list(MODELS))
