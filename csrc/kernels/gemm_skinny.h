@@ -50,14 +50,19 @@ void skinny_group_of(int64_t mi, const float* a, const W* b, float* c, const Gem
 }
 
 // Thread ith of nth computes its share of C's columns for every row of A. W: float, or uint16_t
-// for bfloat16 weights.
+// for bfloat16 weights. Blocks of B's columns are the outer loop and the groups of A's rows the
+// inner one: each block comes from memory once and serves every group from L1/L2, so a batch of
+// eight decodes reads the weights once, not once per group.
 template <typename K, typename W>
 void skinny_run(const float* a, const W* b, float* c, const GemmShape& s, int ith, int nth) {
   const Range cols = split_range(s.n, ith, nth, s.b_nk ? 4 : 16);
-  if (cols.end <= cols.begin) return;
-  for (int64_t i = 0; i < s.m; i += K::kGroup)
-    skinny_group_of<K>(std::min<int64_t>(K::kGroup, s.m - i), a + i * s.lda, b, c + i * s.ldc, s,
-                       cols.begin, cols.end);
+  const int64_t block = s.b_nk ? 4 : K::kTileCols;
+  for (int64_t j = cols.begin; j < cols.end; j += block) {
+    const int64_t j1 = std::min(j + block, cols.end);
+    for (int64_t i = 0; i < s.m; i += K::kGroup)
+      skinny_group_of<K>(std::min<int64_t>(K::kGroup, s.m - i), a + i * s.lda, b, c + i * s.ldc,
+                         s, j, j1);
+  }
 }
 
 }  // namespace
