@@ -25,7 +25,8 @@ from infermode.checkpoints.hf import Checkpoint, ModelConfig, load_checkpoint, l
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CAPTURE_POSITIONS", "CausalLM", "GenerationOutput", "ModelConfig", "StreamedToken"]
+__all__ = ["CAPTURE_POSITIONS", "CausalLM", "GenerationOutput", "ModelConfig", "StreamedToken",
+           "capture_name"]
 
 #: How captured activations are laid out along their `steps` axis (see :meth:`CausalLM.generate`).
 CAPTURE_POSITIONS = ("generated", "all", "prompt_mean")
@@ -161,7 +162,7 @@ class CausalLM:
         if capture_positions not in CAPTURE_POSITIONS:
             raise ValueError(f"capture_positions must be one of {CAPTURE_POSITIONS}, "
                              f"got {capture_positions!r}")
-        names, points = self._capture_points(capture)
+        names, points = self.capture_points(capture)
         stop_ids = list(self.config.eos_token_ids if stop is None else stop)
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little") if temperature > 0 else 0
@@ -264,32 +265,25 @@ class CausalLM:
             encoded.append(ids)
         return encoded
 
-    def _capture_points(self, capture: Optional[Sequence[Union[str, int]]]) -> Tuple[List[str], List[int]]:
+    def capture_points(self, capture: Optional[Sequence[Union[str, int]]]) -> Tuple[List[str], List[int]]:
+        """The capture names (see :func:`capture_name`) and the core's capture points for them,
+        duplicates dropped; a block index past this model's depth names the valid range."""
         layers = self.config.num_hidden_layers
         names: List[str] = []
         points: List[int] = []
         for item in capture or ():
-            if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
-                name = f"blocks.{int(item)}.resid_post"
-            elif isinstance(item, str):
-                name = item
-            else:
-                raise TypeError(f"capture entries must be names or block indexes, got {item!r}")
+            name = capture_name(item)
             match = _BLOCK.match(name)
             if name == "embed":
                 point = 0
             elif name == "final_norm":
                 point = layers + 1
-            elif match:
+            else:
                 index = int(match.group(1))
-                if not 0 <= index < layers:
+                if index >= layers:
                     raise ValueError(f"cannot capture {name!r}: block index {index} is outside "
                                      f"the valid range 0..{layers - 1} ({layers} blocks)")
                 point = index + 1
-            else:
-                raise ValueError(f"cannot capture {name!r}: expected 'embed', "
-                                 f"'blocks.{{i}}.resid_post' with i in 0..{layers - 1}, or "
-                                 "'final_norm'")
             if name not in names:
                 names.append(name)
                 points.append(point)
@@ -299,6 +293,21 @@ class CausalLM:
         if self.tokenizer is None:
             return None
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+
+
+def capture_name(item: Union[str, int]) -> str:
+    """The canonical name of a capture point: ``3`` -> ``"blocks.3.resid_post"``; names are
+    checked to be ``"embed"``, ``"blocks.{i}.resid_post"`` or ``"final_norm"``."""
+    if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
+        if item < 0:
+            raise ValueError(f"cannot capture block {int(item)}: block indexes start at 0")
+        return f"blocks.{int(item)}.resid_post"
+    if not isinstance(item, str):
+        raise TypeError(f"capture entries must be names or block indexes, got {item!r}")
+    if item in ("embed", "final_norm") or _BLOCK.match(item):
+        return item
+    raise ValueError(f"cannot capture {item!r}: expected 'embed', 'blocks.{{i}}.resid_post' "
+                     "(i a block index from 0) or 'final_norm'")
 
 
 def _check_threads(threads: Optional[int]) -> Optional[int]:

@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence as _SequenceABC
 from dataclasses import dataclass
@@ -30,14 +29,13 @@ import numpy as np
 from tqdm import tqdm
 
 from infermode.activations import ActivationWriter
-from infermode.llm import CAPTURE_POSITIONS, SUPPORTED_DTYPES, CausalLM
+from infermode.llm import CAPTURE_POSITIONS, SUPPORTED_DTYPES, CausalLM, capture_name
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "InferenceConfig", "InferencePipeline", "PipelineOutput", "PipelineResult"]
 
 BACKENDS = ("local", "ray")
-_BLOCK = re.compile(r"^blocks\.(\d+)\.resid_post$")
 _SEED_LIMIT = 2 ** 64
 
 Layer = Union[int, str]
@@ -153,11 +151,7 @@ class InferenceConfig:
     @property
     def capture_names(self) -> Tuple[str, ...]:
         """``layers_to_extract`` as capture names: ``3`` -> ``"blocks.3.resid_post"``."""
-        return tuple(_capture_name(layer) for layer in self.layers_to_extract)
-
-
-def _capture_name(layer: Layer) -> str:
-    return f"blocks.{int(layer)}.resid_post" if _is_int(layer) else str(layer)
+        return tuple(capture_name(layer) for layer in self.layers_to_extract)
 
 
 def _check_layers(layers: Any) -> Tuple[Layer, ...]:
@@ -166,14 +160,10 @@ def _check_layers(layers: Any) -> Tuple[Layer, ...]:
                          f"got {layers!r}")
     seen: Dict[str, Layer] = {}
     for layer in layers:
-        if _is_int(layer):
-            if layer < 0:
-                raise ValueError(f"layers_to_extract has block index {layer}: indexes start at 0")
-        elif not (isinstance(layer, str) and (layer in ("embed", "final_norm")
-                                              or _BLOCK.match(layer))):
-            raise ValueError(f"layers_to_extract has {layer!r}: expected a block index (int) or "
-                             "'embed', 'blocks.{i}.resid_post', 'final_norm'")
-        name = _capture_name(layer)
+        try:
+            name = capture_name(layer)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"layers_to_extract has {layer!r}: {exc}") from None
         if name in seen:
             raise ValueError(f"layers_to_extract names {name!r} twice ({seen[name]!r} and "
                              f"{layer!r})")
@@ -272,11 +262,10 @@ class InferencePipeline:
         started = time.perf_counter()
         model = CausalLM.from_pretrained(cfg.model_path, dtype=cfg.dtype, threads=cfg.threads)
         layers = model.config.num_hidden_layers
-        for name in cfg.capture_names:
-            match = _BLOCK.match(name)
-            if match and int(match.group(1)) >= layers:
-                raise ValueError(f"layers_to_extract has {name!r}, but {cfg.model_path} has "
-                                 f"{layers} blocks: valid block indexes are 0..{layers - 1}")
+        try:
+            model.capture_points(cfg.capture_names)
+        except ValueError as exc:
+            raise ValueError(f"layers_to_extract, for {cfg.model_path}: {exc}") from None
         self._model = model
         logger.info("loaded %s (%d blocks, hidden %d) in %.2f s", cfg.model_path, layers,
                     model.config.hidden_size, time.perf_counter() - started)

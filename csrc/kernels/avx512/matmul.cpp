@@ -4,6 +4,7 @@
 
 #include "core/thread_pool.h"
 #include "kernels/avx512/avx512.h"
+#include "kernels/avx512/tile_store.h"
 #include "kernels/gemm_blocked.h"
 #include "kernels/gemm_skinny.h"
 
@@ -43,19 +44,7 @@ struct Micro : F32Packing<12, 32> {
       ap += MR;
       bp += NR;
     }
-    const __mmask16 m0 = mask_upto(nr), m1 = mask_upto(nr - 16 > 0 ? nr - 16 : 0);
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-      if (i >= mr) break;
-      float* ci = c + i * ldc;
-      __m512 v0 = c0[i], v1 = c1[i];
-      if (accumulate) {
-        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
-        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
-      }
-      _mm512_mask_storeu_ps(ci, m0, v0);
-      _mm512_mask_storeu_ps(ci + 16, m1, v1);
-    }
+    store_tile<MR>(c0, c1, c, ldc, mr, nr, accumulate);
   }
 };
 

@@ -7,13 +7,12 @@
 
 #include "core/bf16.h"
 #include "kernels/avx512/avx512.h"
+#include "kernels/avx512/tile_store.h"
 #include "kernels/gemm_blocked.h"
 #include "kernels/gemm_skinny.h"
 
 namespace infermode::avx512 {
 namespace {
-
-__mmask16 mask_upto(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
 
 uint32_t pair(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
 
@@ -95,19 +94,7 @@ struct PairMicro : PairPacking {
       ap += MR;
       bp += NR;
     }
-    const __mmask16 m0 = mask_upto(nr), m1 = mask_upto(nr - 16 > 0 ? nr - 16 : 0);
-#pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) {
-      if (i >= mr) break;
-      float* ci = c + i * ldc;
-      __m512 v0 = c0[i], v1 = c1[i];
-      if (accumulate) {
-        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
-        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
-      }
-      _mm512_mask_storeu_ps(ci, m0, v0);
-      _mm512_mask_storeu_ps(ci + 16, m1, v1);
-    }
+    store_tile<MR>(c0, c1, c, ldc, mr, nr, accumulate);
   }
 };
 
