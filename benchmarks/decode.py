@@ -61,7 +61,6 @@ import datetime as _dt
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -74,6 +73,7 @@ import numpy as np
 import torch
 
 import infermode as im
+from _machine import machine_info
 
 GIB = 1024**3
 CAPTURE = ["blocks.5.resid_post", "blocks.11.resid_post", "blocks.23.resid_post"]
@@ -490,21 +490,6 @@ def print_dtype(result: dict, shape: Shape) -> None:
         print(f"  greedy tokens, batch 1, vs {agreement['reference']}: {verdict}")
 
 
-def machine_info(threads: int) -> dict:
-    import transformers
-
-    info = im.cpu_info()
-    return {
-        "brand": info["brand"], "vendor": info["vendor"], "features": info["features"],
-        "isa": info["isa"], "isa_best": info["isa_best"], "isa_supported": info["isa_supported"],
-        "kernels": info["kernels"], "physical_cores": info["physical_cores"],
-        "infermode": info["version"], "build": info["build"], "threads": threads,
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "numpy": np.__version__, "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
-    }
-
-
 def plot(results: List[dict], shape: Shape, path: Path, title: str) -> None:
     import matplotlib
 
@@ -632,7 +617,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     transformers.logging.set_verbosity_error()  # generate()'s notes on the random model's config
     transformers.utils.logging.disable_progress_bar()  # per-load bars would bury the table
     torch.set_num_threads(args.threads)
-    machine = machine_info(args.threads)
+    import transformers
+
+    machine = machine_info(args.threads, transformers=transformers.__version__)
     print(f"{machine['brand']} | ISA {machine['isa']} | {args.threads} threads | "
           f"torch {torch.__version__} | transformers {machine['transformers']} | "
           f"{shape.name}, {shape.layers} layers | repeats {repeats}", flush=True)

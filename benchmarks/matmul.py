@@ -38,8 +38,6 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -51,6 +49,7 @@ import numpy as np
 import torch
 
 import infermode as im
+from _machine import machine_info
 from infermode import _core
 
 GIB = 1024**3
@@ -378,19 +377,6 @@ def targets(rows: List[dict], best_isa: str) -> List[str]:
     return lines
 
 
-def machine_info(threads: int) -> dict:
-    info = im.cpu_info()
-    return {
-        "brand": info["brand"], "vendor": info["vendor"], "features": info["features"],
-        "isa": info["isa"], "isa_best": info["isa_best"], "isa_supported": info["isa_supported"],
-        "kernels": info["kernels"], "physical_cores": info["physical_cores"],
-        "infermode": info["version"], "build": info["build"], "threads": threads,
-        "torch": torch.__version__, "torch_mkl": torch.backends.mkl.is_available(),
-        "numpy": np.__version__, "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()),
-    }
-
-
 def plot(rows: List[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -480,7 +466,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     isas = _matmul_isas()
     initial_isa = _core.active_isa()
-    machine = machine_info(args.threads)
+    machine = machine_info(args.threads, torch_mkl=torch.backends.mkl.is_available())
     print(f"{machine['brand']} | ISA paths {', '.join(isas)} | {args.threads} threads | "
           f"torch {torch.__version__} | repeats {repeats}", flush=True)
 

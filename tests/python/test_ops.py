@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-import infermode as im
 from infermode import _core, ops
 
 ISAS = list(_core.supported_isas())

@@ -5,7 +5,6 @@ The model is a tiny random Llama built by transformers and written with save_pre
 """
 import dataclasses
 import json
-import re
 import shutil
 
 import numpy as np
