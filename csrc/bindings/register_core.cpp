@@ -65,7 +65,12 @@ py::dict kernel_isas(const std::string& cap) {
   py::dict d;
   d["rms_norm"] = isa_name(t.rms_norm.isa);
   d["matmul_f32"] = isa_name(t.matmul_f32.isa);
+  d["matmul_bf16"] = isa_name(t.matmul_bf16.isa);
   d["sum_f32"] = isa_name(t.sum_f32.isa);
+  d["rope"] = isa_name(t.rope.isa);
+  d["attention"] = isa_name(t.attention.isa);
+  d["swiglu"] = isa_name(t.swiglu.isa);
+  d["add"] = isa_name(t.add.isa);
   return d;
 }
 

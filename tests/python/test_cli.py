@@ -23,6 +23,16 @@ def test_info_prints_the_table():
     assert "no_grad" in xla_line and "version_counter" in xla_line
 
 
+def test_info_lists_every_kernel_and_survives_a_closed_pipe():
+    info = im.cpu_info()
+    assert set(info["kernels"]) >= {"matmul_f32", "matmul_bf16", "rms_norm", "attention",
+                                    "swiglu", "rope", "add", "sum_f32"}
+    result = subprocess.run(f"'{sys.executable}' -m infermode info | head -n 1", shell=True,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.startswith("version")
+    assert "Traceback" not in result.stderr
+
+
 def test_console_script_is_installed():
     result = run("infermode", "info")
     assert result.returncode == 0, result.stderr
