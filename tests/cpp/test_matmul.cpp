@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/bf16.h"
@@ -32,70 +33,57 @@ std::string describe(const Case& c) {
          (c.pad ? " padded" : "");
 }
 
-// Runs the op under the given ISA and checks every element against a double-precision sum,
-// with a tolerance scaled by sum_p |a_ip * b_pj| (the size of what was added up).
+// B's element as stored (float32 or bfloat16 bits) and as the reference reads it.
+float widen_b(float v) { return v; }
+float widen_b(uint16_t v) { return bf16_to_float(v); }
+template <typename W> constexpr DType dtype_b();
+template <> constexpr DType dtype_b<float>() { return DType::f32; }
+template <> constexpr DType dtype_b<uint16_t>() { return DType::bf16; }
+
+// Runs the op under the given ISA and checks every element against a double-precision sum of the
+// values B really holds (bfloat16 widened exactly), with a tolerance scaled by
+// sum_p |a_ip * b_pj| (the size of what was added up). W: float, or uint16_t for bfloat16 B.
+template <typename W>
 void check_case(Isa isa, const Case& c, int threads) {
   ScopedIsa scoped(isa);
+  constexpr bool kBf16 = std::is_same_v<W, uint16_t>;
   const int64_t lda = c.k + c.pad;
   const int64_t ldb = (c.b_nk ? c.k : c.n) + c.pad;
-  auto a = random_floats(c.m * lda, uint32_t(c.m * 31 + c.k));
-  auto b = random_floats((c.b_nk ? c.n : c.k) * ldb, uint32_t(c.n * 17 + c.k));
-  std::vector<float> out(c.m * c.n, -1.0f);
-
-  Tensor at = Tensor::borrow(a.data(), DType::f32, {c.m, c.k}, {lda, 1});
-  Tensor bt = c.b_nk ? Tensor::borrow(b.data(), DType::f32, {c.k, c.n}, {1, ldb})
-                     : Tensor::borrow(b.data(), DType::f32, {c.k, c.n}, {ldb, 1});
-  Tensor ot = Tensor::borrow(out.data(), DType::f32, {c.m, c.n});
-  matmul(at, bt, ot, threads);
-
-  for (int64_t i = 0; i < c.m; ++i) {
-    for (int64_t j = 0; j < c.n; ++j) {
-      double want = 0.0, scale = 0.0;
-      for (int64_t p = 0; p < c.k; ++p) {
-        const double bv = c.b_nk ? b[j * ldb + p] : b[p * ldb + j];
-        want += double(a[i * lda + p]) * bv;
-        scale += std::fabs(double(a[i * lda + p]) * bv);
-      }
-      const double tol = kTolF32Dot * std::sqrt(double(c.k)) * scale + 1e-30;
-      ASSERT_NEAR(out[i * c.n + j], want, tol)
-          << isa_name(isa) << " " << describe(c) << " threads=" << threads << " at (" << i
-          << ", " << j << ")";
+  auto a = random_floats(c.m * lda, uint32_t(c.m * (kBf16 ? 13 : 31) + c.k));
+  auto bf = random_floats((c.b_nk ? c.n : c.k) * ldb, uint32_t(c.n * (kBf16 ? 7 : 17) + c.k));
+  std::vector<W> b(bf.size());
+  for (size_t i = 0; i < bf.size(); ++i) {
+    if constexpr (kBf16) {
+      b[i] = float_to_bf16(bf[i]);
+    } else {
+      b[i] = bf[i];
     }
   }
-}
-
-// The same with B in bfloat16: the reference sums the widened bf16 values, so the tolerance is the
-// float32 one (the kernels widen exactly and compute in float32).
-void check_case_bf16(Isa isa, const Case& c, int threads) {
-  ScopedIsa scoped(isa);
-  const int64_t lda = c.k + c.pad;
-  const int64_t ldb = (c.b_nk ? c.k : c.n) + c.pad;
-  auto a = random_floats(c.m * lda, uint32_t(c.m * 13 + c.k));
-  auto bf = random_floats((c.b_nk ? c.n : c.k) * ldb, uint32_t(c.n * 7 + c.k));
-  std::vector<uint16_t> b(bf.size());
-  for (size_t i = 0; i < bf.size(); ++i) b[i] = float_to_bf16(bf[i]);
   std::vector<float> out(c.m * c.n, -1.0f);
+
   Tensor at = Tensor::borrow(a.data(), DType::f32, {c.m, c.k}, {lda, 1});
-  Tensor bt = c.b_nk ? Tensor::borrow(b.data(), DType::bf16, {c.k, c.n}, {1, ldb})
-                     : Tensor::borrow(b.data(), DType::bf16, {c.k, c.n}, {ldb, 1});
+  Tensor bt = c.b_nk ? Tensor::borrow(b.data(), dtype_b<W>(), {c.k, c.n}, {1, ldb})
+                     : Tensor::borrow(b.data(), dtype_b<W>(), {c.k, c.n}, {ldb, 1});
   Tensor ot = Tensor::borrow(out.data(), DType::f32, {c.m, c.n});
   matmul(at, bt, ot, threads);
-  // A dot-product kernel also rounds A to bfloat16 (relative error 2^-9 per product), beyond the
-  // skinny path (up to 16 rows of a [n, k] weight, 8 of a [k, n] one), which stays exact.
-  const bool rounds_a = kernels().matmul_bf16.fn.rounds_a && c.m > (c.b_nk ? 16 : 8);
+
+  // A bfloat16 dot-product kernel also rounds A to bfloat16 (relative error 2^-9 per product),
+  // beyond the skinny path (up to 16 rows of a [n, k] weight, 8 of a [k, n] one), which stays
+  // exact in float32.
+  const bool rounds_a = kBf16 && kernels().matmul_bf16.fn.rounds_a && c.m > (c.b_nk ? 16 : 8);
   const double tol_per_sqrt_k = rounds_a ? kTolBf16ActivationDot : kTolF32Dot;
   for (int64_t i = 0; i < c.m; ++i) {
     for (int64_t j = 0; j < c.n; ++j) {
       double want = 0.0, scale = 0.0;
       for (int64_t p = 0; p < c.k; ++p) {
-        const double bv = bf16_to_float(c.b_nk ? b[j * ldb + p] : b[p * ldb + j]);
+        const double bv = widen_b(c.b_nk ? b[j * ldb + p] : b[p * ldb + j]);
         want += double(a[i * lda + p]) * bv;
         scale += std::fabs(double(a[i * lda + p]) * bv);
       }
       const double tol = tol_per_sqrt_k * std::sqrt(double(c.k)) * scale + 1e-30;
       ASSERT_NEAR(out[i * c.n + j], want, tol)
-          << isa_name(isa) << (rounds_a ? " bf16 (A rounded) " : " bf16 ") << describe(c)
-          << " at (" << i << ", " << j << ")";
+          << isa_name(isa) << (kBf16 ? (rounds_a ? " bf16 (A rounded) " : " bf16 ") : " ")
+          << describe(c) << " threads=" << threads << " at (" << i << ", " << j << ")";
     }
   }
 }
@@ -104,13 +92,13 @@ class MatmulIsa : public ::testing::TestWithParam<Isa> {};
 
 TEST_P(MatmulIsa, Bfloat16WeightsAllPaths) {
   for (bool nk : {true, false}) {
-    for (int64_t m : {1, 3, 8, 16}) check_case_bf16(GetParam(), {m, 67, 131, nk, 3}, 2);
-    check_case_bf16(GetParam(), {1, 896, 37, nk, 0}, 2);
-    check_case_bf16(GetParam(), {13, 259, 131, nk, 5}, 2);
-    check_case_bf16(GetParam(), {131, 77, 45, nk, 0}, 2);
-    check_case_bf16(GetParam(), {50, 600, 70, nk, 1}, 3);
-    check_case_bf16(GetParam(), {37, 1025, 99, nk, 0}, 2);  // odd k, three K slices
-    check_case_bf16(GetParam(), {20, 9, 4133, nk, 0}, 2);   // two NC panels
+    for (int64_t m : {1, 3, 8, 16}) check_case<uint16_t>(GetParam(), {m, 67, 131, nk, 3}, 2);
+    check_case<uint16_t>(GetParam(), {1, 896, 37, nk, 0}, 2);
+    check_case<uint16_t>(GetParam(), {13, 259, 131, nk, 5}, 2);
+    check_case<uint16_t>(GetParam(), {131, 77, 45, nk, 0}, 2);
+    check_case<uint16_t>(GetParam(), {50, 600, 70, nk, 1}, 3);
+    check_case<uint16_t>(GetParam(), {37, 1025, 99, nk, 0}, 2);  // odd k, three K slices
+    check_case<uint16_t>(GetParam(), {20, 9, 4133, nk, 0}, 2);   // two NC panels
   }
 }
 
@@ -118,19 +106,19 @@ TEST_P(MatmulIsa, SkinnyDecodeShapes) {
   for (bool nk : {true, false})
     for (int64_t m : {1, 2, 3, 5, 8})
       for (int64_t pad : {0, 3})
-        check_case(GetParam(), {m, 67, 131, nk, pad}, 2);
-  check_case(GetParam(), {1, 1, 1, true, 0}, 1);
-  check_case(GetParam(), {1, 896, 37, true, 0}, 2);
-  check_case(GetParam(), {4, 15, 301, false, 0}, 2);
+        check_case<float>(GetParam(), {m, 67, 131, nk, pad}, 2);
+  check_case<float>(GetParam(), {1, 1, 1, true, 0}, 1);
+  check_case<float>(GetParam(), {1, 896, 37, true, 0}, 2);
+  check_case<float>(GetParam(), {4, 15, 301, false, 0}, 2);
 }
 
 TEST_P(MatmulIsa, BlockedGemmShapes) {
   for (bool nk : {true, false}) {
-    check_case(GetParam(), {9, 17, 33, nk, 0}, 1);
-    check_case(GetParam(), {13, 259, 131, nk, 5}, 2);   // two K slices
-    check_case(GetParam(), {131, 77, 45, nk, 0}, 2);    // rows split over threads
-    check_case(GetParam(), {50, 600, 70, nk, 1}, 3);    // three K slices, three threads
-    check_case(GetParam(), {20, 9, 4133, nk, 0}, 2);    // two NC panels
+    check_case<float>(GetParam(), {9, 17, 33, nk, 0}, 1);
+    check_case<float>(GetParam(), {13, 259, 131, nk, 5}, 2);   // two K slices
+    check_case<float>(GetParam(), {131, 77, 45, nk, 0}, 2);    // rows split over threads
+    check_case<float>(GetParam(), {50, 600, 70, nk, 1}, 3);    // three K slices, three threads
+    check_case<float>(GetParam(), {20, 9, 4133, nk, 0}, 2);    // two NC panels
   }
 }
 
