@@ -71,6 +71,7 @@ py::dict kernel_isas(const std::string& cap) {
   d["attention"] = isa_name(t.attention.isa);
   d["swiglu"] = isa_name(t.swiglu.isa);
   d["add"] = isa_name(t.add.isa);
+  d["matmul_quant"] = isa_name(t.matmul_quant.isa);
   return d;
 }
 

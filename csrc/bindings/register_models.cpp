@@ -11,6 +11,7 @@
 
 #include "bindings/convert.h"
 #include "core/error.h"
+#include "kernels/quant_pack.h"
 #include "models/decoder.h"
 #include "runtime/activation_taps.h"
 #include "runtime/generator.h"
@@ -54,6 +55,39 @@ DecoderConfig decoder_config(const py::dict& d) {
   return c;
 }
 
+// A GGUF-block array for `name`: a uint8 array is taken as it is; a float32 (rows, cols) one is
+// quantized into a new array (llama.cpp's reference rounding).
+py::array quantized_blocks(const py::array& arr, QuantFormat format, const std::string& name) {
+  if (!py::isinstance<py::array_t<float>>(arr) || arr.ndim() != 2) return arr;
+  const int64_t rows = arr.shape(0), cols = arr.shape(1);
+  IM_CHECK(cols % kQuantBlock == 0, "tensor '{}' has {} columns; quantizing to {} needs a "
+           "multiple of {}", name, cols, quant_format_name(format), kQuantBlock);
+  py::array_t<float, py::array::c_style | py::array::forcecast> src(arr);
+  py::array_t<uint8_t> out(
+      {rows, int64_t(cols / kQuantBlock * int64_t(quant_block_bytes(format)))});
+  const float* sp = src.data();
+  uint8_t* dp = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    quantize_blocks(format, sp, dp, rows, cols);
+  }
+  return out;
+}
+
+QuantView quant_view(const py::array& arr, QuantFormat format, const std::string& name) {
+  const int64_t block = int64_t(quant_block_bytes(format));
+  IM_CHECK_TYPE(py::isinstance<py::array_t<uint8_t>>(arr),
+                "quantized tensor '{}' must be a uint8 array of {} blocks or a float32 matrix, "
+                "got dtype {}", name, quant_format_name(format),
+                py::str(arr.dtype()).cast<std::string>());
+  IM_CHECK(arr.ndim() == 2 && arr.shape(1) % block == 0,
+           "quantized tensor '{}' must be 2-d (rows, blocks * {} bytes) for {}, got shape {}",
+           name, block, quant_format_name(format), py::str(py::tuple(py::cast(
+               std::vector<py::ssize_t>(arr.shape(), arr.shape() + arr.ndim())))).cast<std::string>());
+  IM_CHECK(arr.flags() & py::array::c_style, "quantized tensor '{}' is not C-contiguous", name);
+  return QuantView{format, arr.data(), arr.shape(0), arr.shape(1) / block * kQuantBlock};
+}
+
 // The model plus the NumPy arrays it borrows, kept alive as long as it is.
 struct PyDecoder {
   std::unique_ptr<Decoder> model;
@@ -90,23 +124,40 @@ std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
 void register_models(py::module_& m) {
   py::class_<PyDecoder>(m, "Decoder")
       .def(py::init([](const py::dict& config, const py::dict& tensors,
-                       const std::vector<std::string>& bfloat16) {
+                       const std::vector<std::string>& bfloat16, const py::dict& quantized) {
              auto self = std::make_unique<PyDecoder>();
              std::map<std::string, Tensor> views;
+             std::map<std::string, QuantView> blocks;
              for (auto item : tensors) {
                const std::string name = item.first.cast<std::string>();
                IM_CHECK_TYPE(py::isinstance<py::array>(item.second),
                              "tensor '{}' must be a NumPy array", name);
                py::array arr = item.second.cast<py::array>();
-               const bool bf16 =
-                   std::find(bfloat16.begin(), bfloat16.end(), name) != bfloat16.end();
-               views[name] = borrow_array(arr, name.c_str(), false, bf16);
+               if (quantized.contains(item.first)) {
+                 const QuantFormat format =
+                     parse_quant_format(quantized[item.first].cast<std::string>());
+                 arr = quantized_blocks(arr, format, name);
+                 blocks[name] = quant_view(arr, format, name);
+               } else {
+                 const bool bf16 =
+                     std::find(bfloat16.begin(), bfloat16.end(), name) != bfloat16.end();
+                 views[name] = borrow_array(arr, name.c_str(), false, bf16);
+               }
                self->arrays[item.first] = arr;
              }
-             self->model = std::make_unique<Decoder>(decoder_config(config), views);
+             for (auto item : quantized)
+               IM_CHECK(tensors.contains(item.first), "quantized names tensor '{}', which is not "
+                        "among the tensors", item.first.cast<std::string>());
+             py::gil_scoped_release release;  // repacking a large model takes a moment
+             self->model = std::make_unique<Decoder>(decoder_config(config), views, blocks);
              return self;
            }),
-           py::arg("config"), py::arg("tensors"), py::arg("bfloat16") = std::vector<std::string>{})
+           py::arg("config"), py::arg("tensors"), py::arg("bfloat16") = std::vector<std::string>{},
+           py::arg("quantized") = py::dict(),
+           "tensors: {name: array} named as in the Hugging Face checkpoint. bfloat16: names of\n"
+           "uint16 arrays holding bfloat16 bits. quantized: {name: 'q8_0' | 'q4_0' | 'q4_1'}:\n"
+           "that tensor is either a uint8 array of GGUF blocks, shape (rows, cols / 32 * block\n"
+           "bytes), or a float32 (rows, cols) array to quantize at load.")
       .def(
           "forward",
           [](PyDecoder& self, const py::array& ids, int threads, bool last_only) {

@@ -8,6 +8,8 @@
 
 namespace infermode {
 
+class PackedMatrix;  // kernels/quant_pack.h
+
 // C[m, n] = A[m, k] @ B, where B is stored as [k, n] rows (ldb >= n) or, when b_nk, as [n, k]
 // rows (a Linear weight, ldb >= k). A rows are lda apart, C rows ldc apart.
 struct GemmShape {
@@ -42,6 +44,14 @@ struct MatmulBf16Kernel {
   // then carry bfloat16 rounding of the activations, as PyTorch's bfloat16 matmuls do.
   bool rounds_a = false;
 };
+// C[m, :] = A[m, :] @ W^T for a quantized W (PackedMatrix: rows = C's columns). Thread ith of nth
+// quantizes its share of A's rows into `work` (quantized_rows_bytes(m, W.cols())), meets the
+// others at barrier(), then computes its share of W's row groups for every row of A.
+struct QuantGemmShape {
+  int64_t m, lda, ldc;
+};
+using QuantMatmulKernel = void (*)(const float* a, const PackedMatrix& w, float* c,
+                                   const QuantGemmShape& s, void* work, int ith, int nth);
 // Sum of x[0, n): float within blocks of a few thousand elements, double across blocks.
 using SumF32Kernel = double (*)(const float* x, int64_t n);
 // Rotates tokens rows of x in place (see rope.h); cos/sin: one row of head_dim / 2 per token.
@@ -73,6 +83,7 @@ struct KernelTable {
   KernelEntry<AttentionKernel> attention;
   KernelEntry<SwigluKernel> swiglu;
   KernelEntry<AddKernel> add;
+  KernelEntry<QuantMatmulKernel> matmul_quant;
 };
 
 // The active table: the best ISA this CPU has, capped by INFERMODE_ISA or set_isa().

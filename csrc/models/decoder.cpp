@@ -75,47 +75,74 @@ std::vector<std::pair<std::string, Shape>> decoder_tensor_names(const DecoderCon
   return names;
 }
 
-Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors)
+Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors,
+                 const std::map<std::string, QuantView>& quantized)
     : config_(config) {
   check_config(config_);
   inv_freq_ = rope_inverse_frequencies(config_.rope);
-  std::map<std::string, Tensor> checked;
+  std::map<std::string, Tensor> dense;
+  std::map<std::string, QuantView> blocks;
   for (const auto& [name, shape] : decoder_tensor_names(config_)) {
     auto it = tensors.find(name);
-    IM_CHECK(it != tensors.end(), "checkpoint has no tensor '{}' (expected shape {})", name,
-             shape.str());
+    auto qt = quantized.find(name);
+    IM_CHECK(it != tensors.end() || qt != quantized.end(),
+             "checkpoint has no tensor '{}' (expected shape {})", name, shape.str());
+    IM_CHECK(it == tensors.end() || qt == quantized.end(),
+             "tensor '{}' is given both dense and quantized; pass it once", name);
+    const bool matrix = shape.ndim == 2;
+    if (qt != quantized.end()) {
+      const QuantView& q = qt->second;
+      IM_CHECK_TYPE(matrix, "tensor '{}' is a vector of shape {} and cannot be quantized ({}); "
+                    "pass it as float32", name, shape.str(), quant_format_name(q.format));
+      IM_CHECK(q.rows == shape[0] && q.cols == shape[1],
+               "tensor '{}' has shape ({}, {}), expected {} from the config", name, q.rows,
+               q.cols, shape.str());
+      IM_CHECK(q.cols % kQuantBlock == 0,
+               "tensor '{}' ({}) has {} columns, not a multiple of the {}-value block", name,
+               quant_format_name(q.format), q.cols, kQuantBlock);
+      IM_CHECK(q.blocks != nullptr, "tensor '{}' has no data", name);
+      blocks[name] = q;
+      continue;
+    }
     const Tensor& t = it->second;
     // Matrices may be bfloat16 (half the bytes to stream); vectors (norms, biases) are float32.
-    const bool matrix = shape.ndim == 2;
     IM_CHECK_TYPE(t.dtype() == DType::f32 || (matrix && t.dtype() == DType::bf16),
                   "tensor '{}' has dtype {}; expected float32{}", name, dtype_name(t.dtype()),
                   matrix ? " or bfloat16" : "");
     IM_CHECK(t.shape() == shape, "tensor '{}' has shape {}, expected {} from config.json", name,
              t.shape().str(), shape.str());
     IM_CHECK(t.is_contiguous(), "tensor '{}' is not contiguous", name);
-    checked[name] = t;
+    dense[name] = t;
   }
-  weights_.embed = checked.at("model.embed_tokens.weight");
-  weights_.final_norm = checked.at("model.norm.weight");
-  weights_.lm_head =
-      config_.tie_word_embeddings ? weights_.embed : checked.at("lm_head.weight");
+  auto linear_of = [&](const std::string& name) {
+    auto qt = blocks.find(name);
+    return qt != blocks.end() ? Linear::pack(qt->second) : Linear::borrow(dense.at(name));
+  };
+  const std::string embed = "model.embed_tokens.weight";
+  if (blocks.count(embed)) {
+    weights_.embed_blocks = blocks.at(embed);
+  } else {
+    weights_.embed = dense.at(embed);
+  }
+  weights_.final_norm = dense.at("model.norm.weight");
+  weights_.lm_head = linear_of(config_.tie_word_embeddings ? embed : "lm_head.weight");
   for (int64_t i = 0; i < config_.layers; ++i) {
     LayerWeights w;
-    w.input_norm = checked.at(layer_name(i, "input_layernorm.weight"));
-    w.q = checked.at(layer_name(i, "self_attn.q_proj.weight"));
-    w.k = checked.at(layer_name(i, "self_attn.k_proj.weight"));
-    w.v = checked.at(layer_name(i, "self_attn.v_proj.weight"));
+    w.input_norm = dense.at(layer_name(i, "input_layernorm.weight"));
+    w.q = linear_of(layer_name(i, "self_attn.q_proj.weight"));
+    w.k = linear_of(layer_name(i, "self_attn.k_proj.weight"));
+    w.v = linear_of(layer_name(i, "self_attn.v_proj.weight"));
     if (config_.attention_bias) {
-      w.q_bias = checked.at(layer_name(i, "self_attn.q_proj.bias"));
-      w.k_bias = checked.at(layer_name(i, "self_attn.k_proj.bias"));
-      w.v_bias = checked.at(layer_name(i, "self_attn.v_proj.bias"));
+      w.q_bias = dense.at(layer_name(i, "self_attn.q_proj.bias"));
+      w.k_bias = dense.at(layer_name(i, "self_attn.k_proj.bias"));
+      w.v_bias = dense.at(layer_name(i, "self_attn.v_proj.bias"));
     }
-    w.o = checked.at(layer_name(i, "self_attn.o_proj.weight"));
-    w.post_norm = checked.at(layer_name(i, "post_attention_layernorm.weight"));
-    w.gate = checked.at(layer_name(i, "mlp.gate_proj.weight"));
-    w.up = checked.at(layer_name(i, "mlp.up_proj.weight"));
-    w.down = checked.at(layer_name(i, "mlp.down_proj.weight"));
-    weights_.layers.push_back(w);
+    w.o = linear_of(layer_name(i, "self_attn.o_proj.weight"));
+    w.post_norm = dense.at(layer_name(i, "post_attention_layernorm.weight"));
+    w.gate = linear_of(layer_name(i, "mlp.gate_proj.weight"));
+    w.up = linear_of(layer_name(i, "mlp.up_proj.weight"));
+    w.down = linear_of(layer_name(i, "mlp.down_proj.weight"));
+    weights_.layers.push_back(std::move(w));
   }
 }
 
@@ -142,7 +169,12 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
   const float scale = 1.0f / std::sqrt(float(c.head_dim));
 
   Tensor x = Tensor::empty({rows, hidden}, DType::f32);  // the residual stream
-  embedding(weights_.embed, Tensor::borrow(const_cast<int32_t*>(ids), DType::i32, {rows}), x);
+  const Tensor id_tensor = Tensor::borrow(const_cast<int32_t*>(ids), DType::i32, {rows});
+  if (weights_.embed.defined()) {
+    embedding(weights_.embed, id_tensor, x);
+  } else {
+    embedding(weights_.embed_blocks, id_tensor, x);
+  }
   if (sink && sink->wants(0))
     sink->write(0, x.data<float>(), hidden, segments.data(), segments.size());
 
@@ -169,9 +201,9 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
     const LayerWeights& w = weights_.layers[l];
     // Attention: x += o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x))))
     rms_norm(x, w.input_norm, c.rms_norm_eps, h, threads);
-    matmul(h, w.q.transpose(0, 1), q, threads);
-    matmul(h, w.k.transpose(0, 1), k, threads);
-    matmul(h, w.v.transpose(0, 1), v, threads);
+    linear(h, w.q, q, threads);
+    linear(h, w.k, k, threads);
+    linear(h, w.v, v, threads);
     if (c.attention_bias) {
       add(w.q_bias, q, threads);
       add(w.k_bias, k, threads);
@@ -186,14 +218,14 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
       attention(q3.slice(0, s.row, s.row + s.n), cache.keys(l, s.seq), cache.values(l, s.seq),
                 s.pos, scale, out, threads);
     }
-    matmul(attn2, w.o.transpose(0, 1), proj, threads);
+    linear(attn2, w.o, proj, threads);
     add(proj, x, threads);
     // MLP: x += down(silu(gate(norm(x))) * up(norm(x)))
     rms_norm(x, w.post_norm, c.rms_norm_eps, h, threads);
-    matmul(h, w.gate.transpose(0, 1), gate, threads);
-    matmul(h, w.up.transpose(0, 1), up, threads);
+    linear(h, w.gate, gate, threads);
+    linear(h, w.up, up, threads);
     swiglu(gate, up, gate, threads);
-    matmul(gate, w.down.transpose(0, 1), proj, threads);
+    linear(gate, w.down, proj, threads);
     add(proj, x, threads);
     if (sink && sink->wants(int(l) + 1))
       sink->write(int(l) + 1, x.data<float>(), hidden, segments.data(), segments.size());
@@ -210,7 +242,7 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
     std::memcpy(picked.data<float>() + i * hidden, h.data<float>() + logit_rows[i] * hidden,
                 size_t(hidden) * sizeof(float));
   Tensor out = Tensor::borrow(logits, DType::f32, {n_logits, c.vocab_size});
-  matmul(picked, weights_.lm_head.transpose(0, 1), out, threads);
+  linear(picked, weights_.lm_head, out, threads);
 }
 
 }  // namespace infermode

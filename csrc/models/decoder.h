@@ -1,6 +1,7 @@
 #pragma once
 // The decoder-only transformer of the Llama family (Llama 2/3, SmolLM2) and Qwen2 (q/k/v bias).
-// Activations are float32; weight matrices float32 or bfloat16 (widened as they are read).
+// Activations are float32; weight matrices float32 or bfloat16 (widened as they are read), or
+// GGUF-quantized (Q8_0, Q4_0, Q4_1: repacked at load for the integer kernels).
 // Config and Weights are kept apart; the model owns no weight memory: it borrows the caller's
 // buffers (memory-mapped checkpoint files), named as in the Hugging Face checkpoint.
 #include <cstdint>
@@ -8,9 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "core/quant_blocks.h"
 #include "core/tensor.h"
 #include "models/hidden_state_sink.h"
 #include "models/kv_cache.h"
+#include "models/linear.h"
 #include "models/rope_angles.h"
 
 namespace infermode {
@@ -32,25 +35,29 @@ struct DecoderConfig {
 
 struct LayerWeights {
   Tensor input_norm;  // (hidden)
-  Tensor q, k, v;     // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x2
+  Linear q, k, v;     // (heads*head_dim, hidden), (kv_heads*head_dim, hidden) x2
   Tensor q_bias, k_bias, v_bias;  // (heads*head_dim), (kv_heads*head_dim) x2, or undefined
-  Tensor o;           // (hidden, heads*head_dim)
+  Linear o;           // (hidden, heads*head_dim)
   Tensor post_norm;   // (hidden)
-  Tensor gate, up;    // (intermediate, hidden)
-  Tensor down;        // (hidden, intermediate)
+  Linear gate, up;    // (intermediate, hidden)
+  Linear down;        // (hidden, intermediate)
 };
 
 struct DecoderWeights {
-  Tensor embed;       // (vocab, hidden)
+  Tensor embed;             // (vocab, hidden), or undefined when quantized:
+  QuantView embed_blocks;   //   the GGUF blocks, looked up row by row
   std::vector<LayerWeights> layers;
   Tensor final_norm;  // (hidden)
-  Tensor lm_head;     // (vocab, hidden); the embedding when tied
+  Linear lm_head;     // (vocab, hidden); the embedding when tied
 };
 
 class Decoder {
  public:
-  // Checks every name, shape and dtype; ValueError naming the tensor otherwise.
-  Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors);
+  // Checks every name, shape and dtype; ValueError naming the tensor otherwise. A weight matrix
+  // may come in `quantized` (borrowed GGUF blocks) instead of `tensors`; the embedding's blocks
+  // must outlive the model, the others are repacked here.
+  Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors,
+          const std::map<std::string, QuantView>& quantized = {});
 
   const DecoderConfig& config() const { return config_; }
 

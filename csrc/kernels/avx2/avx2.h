@@ -19,4 +19,7 @@ void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);
 void swiglu(const float* g, const float* u, float* y, int64_t n);
 
+void matmul_quant(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s,
+                  void* work, int ith, int nth);
+
 }  // namespace infermode::avx2

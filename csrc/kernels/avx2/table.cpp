@@ -10,6 +10,7 @@ void fill_table(KernelTable& t) {
   t.sum_f32 = {&sum_f32, Isa::avx2};
   t.attention = {&attention, Isa::avx2};
   t.swiglu = {&swiglu, Isa::avx2};
+  t.matmul_quant = {&matmul_quant, Isa::avx2};
 }
 
 }  // namespace infermode::avx2

@@ -23,6 +23,9 @@ bool matmul_bf16_dpbf16(const float* a, const uint16_t* b, float* c, const GemmS
                         float* work, int ith, int nth);
 size_t matmul_bf16_dpbf16_workspace(const GemmShape& s, int nth);
 double sum_f32(const float* x, int64_t n);
+// In quant_matmul_vnni.cpp (compiled with -mavx512vnni).
+void matmul_quant_vnni(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s,
+                       void* work, int ith, int nth);
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);
 void swiglu(const float* g, const float* u, float* y, int64_t n);

@@ -13,6 +13,8 @@ void fill_table(KernelTable& t) {
   const CpuFeatures& f = cpu_features();
   if (f.avx512_bf16 && f.vendor != "GenuineIntel")
     t.matmul_bf16 = {{&matmul_bf16_dot, &matmul_bf16_dot_workspace, true}, Isa::avx512};
+  // Without VNNI the AVX2 kernel (maddubs) stays: it is as fast as a 512-bit emulation.
+  if (f.avx512_vnni) t.matmul_quant = {&matmul_quant_vnni, Isa::avx512};
   t.sum_f32 = {&sum_f32, Isa::avx512};
   t.attention = {&attention, Isa::avx512};
   t.swiglu = {&swiglu, Isa::avx512};

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/dispatch.h"
+#include "kernels/quant_activations.h"
 
 namespace infermode::ref {
 
@@ -21,5 +22,9 @@ void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);
 void swiglu(const float* g, const float* u, float* y, int64_t n);
 void add(const float* a, float* y, int64_t rows, int64_t cols, int64_t a_stride);
+void matmul_quant(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s,
+                  void* work, int ith, int nth);
+// Quantizes one row of activations into row `row` of `out` (see quant_activations.h).
+void quantize_row(const float* x, const QuantizedRows& out, int64_t row);
 
 }  // namespace infermode::ref

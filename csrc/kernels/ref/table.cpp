@@ -11,6 +11,7 @@ void fill_table(KernelTable& t) {
   t.attention = {&attention, Isa::ref};
   t.swiglu = {&swiglu, Isa::ref};
   t.add = {&add, Isa::ref};
+  t.matmul_quant = {&matmul_quant, Isa::ref};
 }
 
 }  // namespace infermode::ref
