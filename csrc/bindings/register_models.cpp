@@ -148,8 +148,9 @@ void register_models(py::module_& m) {
              for (auto item : quantized)
                IM_CHECK(tensors.contains(item.first), "quantized names tensor '{}', which is not "
                         "among the tensors", item.first.cast<std::string>());
+             const DecoderConfig c = decoder_config(config);
              py::gil_scoped_release release;  // repacking a large model takes a moment
-             self->model = std::make_unique<Decoder>(decoder_config(config), views, blocks);
+             self->model = std::make_unique<Decoder>(c, views, blocks);
              return self;
            }),
            py::arg("config"), py::arg("tensors"), py::arg("bfloat16") = std::vector<std::string>{},
