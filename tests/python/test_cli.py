@@ -1,20 +1,102 @@
-"""The command line and the documented one-liners."""
+"""The command line and the documented one-liners.
+
+Commands run as `python -m infermode` subprocesses on tiny random Llama checkpoints that
+transformers writes (with a small word-level tokenizer and a ChatML template); the reference for
+what they print is `CausalLM` in this process.
+"""
+import json
+import os
+import signal
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+
 import infermode as im
+from infermode.activations import load_activations
+from infermode.checkpoints._chat import render_chat
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIAL = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>"]
+EOS = 2  # <|im_end|>: the end of a turn and of a sequence
+PROMPT = "w7 w12 w30 w5"
+MAX_NEW = 12
+# A plain terminal: readline then writes no escape sequences around the prompt.
+TERMINAL_ENV = {**os.environ, "TERM": "dumb"}
 
 
-def run(*args):
-    return subprocess.run(list(args), capture_output=True, text=True, timeout=120)
+def run(*args, stdin=None, timeout=120):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                          input=stdin)
+
+
+def infermode(*args, **kwargs):
+    return run(sys.executable, "-m", "infermode", *map(str, args), **kwargs)
+
+
+def _save_model(directory, vocab_size, hidden, layers, context, seed, template=CHATML, eos=EOS):
+    """A random Llama checkpoint with a word-level tokenizer: `w{i}` is token i."""
+    import tokenizers
+    import torch
+    import transformers
+    from tokenizers import models, pre_tokenizers
+
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=context, initializer_range=0.3, bos_token_id=1, eos_token_id=eos)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    words = SPECIAL + [f"w{i}" for i in range(len(SPECIAL), vocab_size)]
+    tokenizer = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                                      "<unk>"))
+    tokenizer.add_special_tokens(SPECIAL)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    settings = {"eos_token": "<|im_end|>", "bos_token": "<s>"}
+    if template is not None:
+        settings["chat_template"] = template
+    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return _save_model(tmp_path_factory.mktemp("cli_llama"), 96, 64, 3, 256, seed=3)
+
+
+@pytest.fixture(scope="module")
+def lm(model_dir):
+    return im.CausalLM.from_pretrained(model_dir)
+
+
+def _one_line_error(result, *names):
+    """Checks a failed command printed one `infermode: error:` line naming each of `names`."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("infermode: error: "), result.stderr
+    for name in names:
+        assert str(name) in lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------ info
 
 
 def test_info_prints_the_table():
-    result = run(sys.executable, "-m", "infermode", "info")
+    result = infermode("info")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     info = im.cpu_info()
-    for key in ("version", "build", "cpu", "features", "isa paths", "isa in use", "kernels", "threads"):
+    for key in ("version", "build", "cpu", "features", "isa paths", "isa in use", "kernels",
+                "threads"):
         assert key in out
     assert info["isa"] in out and info["brand"] in out
     for line in ("native (cpu)  native", "xla", "mps", "cuda", "xpu"):
@@ -51,3 +133,243 @@ def test_cpu_info_describes_the_machine():
     assert info["isa_supported"][0] == "ref"
     assert set(info["kernels"]) >= {"rms_norm", "matmul_f32"}
     assert info["threads"] >= 1 and info["physical_cores"] >= 1
+
+
+# -------------------------------------------------------------------------------------- generate
+
+
+def test_generate_prints_causallm_greedy_text_streamed_or_not(model_dir, lm):
+    want = lm.generate(PROMPT, max_new_tokens=MAX_NEW).texts[0]
+    assert len(set(want.split())) > 2, "the random model should produce varied words"
+    for flags in (["--stream"], ["--no-stream"]):
+        result = infermode("generate", PROMPT, "--model", model_dir, "--max-new-tokens", MAX_NEW,
+                           *flags)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == want + "\n"
+    from_stdin = infermode("generate", "-", "--model", model_dir, "--max-new-tokens", MAX_NEW,
+                           stdin=PROMPT + "\n")
+    assert from_stdin.stdout == want + "\n"
+
+
+def test_streamed_text_never_shows_half_a_character():
+    import tokenizers
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from infermode.cli import _TextStream
+
+    # One token per byte, as a byte-level BPE without merges: é and 😀 span several tokens.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = tokenizers.Tokenizer(models.BPE({c: i for i, c in enumerate(alphabet)}, []))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    text = "\n a é😀 b \n"
+    ids = tokenizer.encode(text).ids
+    for strip, want in ((False, text), (True, text.strip())):
+        stream = _TextStream(tokenizer, strip)
+        pieces = [stream.push(i) for i in ids] + [stream.finish()]
+        assert "".join(pieces) == want
+        assert not any("\ufffd" in p for p in pieces)
+
+
+def test_generate_samples_reproducibly_with_a_seed(model_dir, lm):
+    flags = ["--temperature", "0.9", "--top-k", "20", "--seed", "11"]
+    want = lm.generate(PROMPT, max_new_tokens=MAX_NEW, temperature=0.9, top_k=20,
+                       seed=11).texts[0]
+    result = infermode("generate", PROMPT, "--model", model_dir, "--max-new-tokens", MAX_NEW,
+                       *flags)
+    assert result.stdout == want + "\n", result.stderr
+
+
+def test_capture_writes_what_generate_captures(model_dir, lm, tmp_path):
+    out_dir = tmp_path / "acts"
+    args = ["generate", PROMPT, "--model", model_dir, "--max-new-tokens", MAX_NEW,
+            "--capture", "1,final_norm", "--out", out_dir]
+    result = infermode(*args)
+    assert result.returncode == 0, result.stderr
+    want = lm.generate(PROMPT, max_new_tokens=MAX_NEW, capture=[1, "final_norm"])
+    assert result.stdout == want.texts[0] + "\n"
+    acts = load_activations(out_dir)
+    assert list(acts) == ["blocks.1.resid_post", "final_norm"]
+    for name, array in want.activations.items():
+        np.testing.assert_array_equal(acts[name], array)
+    assert acts.token_ids[0, :len(want.token_ids[0])].tolist() == want.token_ids[0]
+
+    again = infermode(*args)
+    _one_line_error(again, "--out", out_dir, "--overwrite")
+    assert infermode(*args, "--overwrite").returncode == 0
+
+
+def test_generate_errors_name_the_argument(model_dir, tmp_path):
+    bad_name = infermode("generate", PROMPT, "--model", model_dir, "--capture", "blocks.x",
+                         "--out", tmp_path / "o")
+    _one_line_error(bad_name, "--capture", "blocks.x")
+    past_the_end = infermode("generate", PROMPT, "--model", model_dir, "--capture", "3",
+                             "--out", tmp_path / "o")
+    _one_line_error(past_the_end, "--capture", "0..2")
+    no_out = infermode("generate", PROMPT, "--model", model_dir, "--capture", "1")
+    _one_line_error(no_out, "--out")
+    assert not (tmp_path / "o").exists()
+
+
+def test_generate_with_the_bundled_model():
+    try:
+        bundled = im.CausalLM.from_pretrained()
+    except Exception as exc:  # noqa: BLE001 - whatever stops it, the reason says
+        pytest.skip(f"CausalLM.from_pretrained() without a path does not load the bundled "
+                    f"SmolLM2 GGUF in this build yet (the GGUF loader's part): {exc}")
+    prompt = "The capital of France is"
+    result = infermode("generate", prompt, "--max-new-tokens", 8)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == bundled.generate(prompt, max_new_tokens=8).texts[0] + "\n"
+
+
+# ------------------------------------------------------------------------------------------ chat
+
+
+def _chat_replies(lm, lines, max_new):
+    """What `infermode chat` should answer: each turn renders the whole conversation."""
+    messages, replies = [], []
+    for line in lines:
+        messages.append({"role": "user", "content": line})
+        text = render_chat(lm.chat_template, messages, eos_token="<|im_end|>", bos_token="<s>")
+        ids = lm.tokenizer.encode(text, add_special_tokens=False).ids
+        reply = lm.generate([ids], max_new_tokens=max_new).texts[0].strip()
+        messages.append({"role": "assistant", "content": reply})
+        replies.append(reply)
+    return replies
+
+
+def test_chat_through_a_pipe_prints_one_reply_per_line(model_dir, lm):
+    lines = ["w10 w11 w12", "w40 w41"]
+    result = infermode("chat", "--model", model_dir, "--max-new-tokens", 8,
+                       stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == _chat_replies(lm, lines, 8)
+    assert result.stderr == ""
+    one_shot = infermode("generate", lines[0], "--chat", "--model", model_dir,
+                         "--max-new-tokens", 8)
+    assert one_shot.stdout == result.stdout.splitlines()[0] + "\n"
+
+
+def test_chat_in_a_terminal_answers_and_ends_on_eof(model_dir, lm):
+    import pexpect
+
+    lines = ["w10 w11 w12", "w40 w41"]
+    replies = _chat_replies(lm, lines, 8)
+    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(model_dir),
+                                           "--max-new-tokens", "8"],
+                          env=TERMINAL_ENV, encoding="utf-8", timeout=60)
+    try:
+        child.expect_exact(">>> ")
+        for line, reply in zip(lines, replies):
+            child.sendline(line)
+            child.expect_exact(">>> ")
+            assert child.before.replace("\r\n", "\n") == f"{line}\n{reply}\n"
+        child.sendeof()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_ctrl_c_at_the_chat_prompt_exits_cleanly(model_dir):
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(model_dir)],
+                          env=TERMINAL_ENV, encoding="utf-8", timeout=60)
+    try:
+        child.expect_exact(">>> ")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+        assert "Traceback" not in child.before
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_needs_a_chat_template(tmp_path_factory):
+    plain = _save_model(tmp_path_factory.mktemp("no_template"), 40, 32, 1, 64, seed=1,
+                        template=None)
+    result = infermode("chat", "--model", plain, stdin="w5\n")
+    _one_line_error(result, plain, "chat template")
+
+
+def test_long_chats_drop_the_oldest_exchanges(model_dir, lm):
+    from infermode.cli import _Conversation
+
+    conversation = _Conversation(lm, str(model_dir), system="w4")
+    for i in range(30):
+        conversation.messages += [{"role": "user", "content": "w9 " * 5},
+                                  {"role": "assistant", "content": f"w{10 + i}"}]
+    ids = conversation.ask("w50", max_new_tokens=100)
+    assert len(ids) + 100 <= lm.config.max_position_embeddings
+    assert conversation.messages[0] == {"role": "system", "content": "w4"}
+    assert conversation.messages[-1] == {"role": "user", "content": "w50"}
+    assert 3 < len(conversation.messages) < 61
+
+
+# ----------------------------------------------------------------------------------------- bench
+
+
+def test_bench_json_gives_positive_speeds(model_dir):
+    result = infermode("bench", "--model", model_dir, "--prompt-tokens", 16, "--new-tokens", 64,
+                       "--repeats", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for stage in ("prefill_tok_s", "decode_tok_s"):
+        s = report[stage]
+        assert 0 < s["min"] <= s["median"] <= s["max"] and len(s["runs"]) == 2
+    assert report["prompt_tokens"] == 16 and report["new_tokens"] == 64
+
+
+# ------------------------------------------------------------------------ exit codes and errors
+
+
+def test_unusable_models_give_one_line_naming_the_file(tmp_path):
+    corrupt = tmp_path / "random.gguf"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "missing.gguf", corrupt, tmp_path / "empty"):
+        _one_line_error(infermode("generate", "hi", "--model", path), path)
+    _one_line_error(infermode("bench", "--model", tmp_path / "missing"), "--model")
+
+
+def test_unknown_flag_is_a_usage_error():
+    result = infermode("generate", "hi", "--no-such-flag")
+    assert result.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    for args in (["--debug", "generate"], ["generate", "--debug"]):
+        result = infermode(*args, "hi", "--model", tmp_path)
+        assert result.returncode == 1
+        assert "Traceback (most recent call last)" in result.stderr
+
+
+def test_a_closed_pipe_ends_generation_quietly(model_dir):
+    for flag in ("--stream", "--no-stream"):
+        # `true` has exited long before the model loads: every write meets a closed pipe.
+        result = subprocess.run(
+            f"'{sys.executable}' -m infermode generate '{PROMPT}' --model '{model_dir}' {flag} "
+            "| true; echo $((PIPESTATUS[0]))", shell=True, executable="/bin/bash",
+            capture_output=True, text=True, timeout=120)
+        assert result.stdout.strip() == "0" and result.stderr == ""
+
+
+def test_ctrl_c_during_generation_exits_130(tmp_path_factory):
+    # No end-of-sequence token: nothing but the signal ends it.
+    slow = _save_model(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "infermode", "generate", "w9 w10", "--model", str(slow),
+         "--stream", "--max-new-tokens", "16000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        process.stdout.read(1)  # generating
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "interrupted" in stderr and "Traceback" not in stderr
+
