@@ -2,14 +2,35 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
 #include "bindings/convert.h"
+#include "core/error.h"
 #include "kernels/matmul.h"
+#include "kernels/quant_matmul.h"
+#include "kernels/quant_pack.h"
 #include "kernels/rms_norm.h"
 #include "kernels/sum.h"
 
 namespace py = pybind11;
 
 namespace infermode::bindings {
+namespace {
+
+// The GGUF blocks of a (rows, cols) matrix: a C-contiguous uint8 (rows, cols / 32 * block bytes)
+// array.
+QuantView blocks_view(const py::array& blocks, QuantFormat format) {
+  const int64_t bytes = int64_t(quant_block_bytes(format));
+  IM_CHECK_TYPE(py::isinstance<py::array_t<uint8_t>>(blocks),
+                "blocks must be a uint8 array of {} blocks", quant_format_name(format));
+  IM_CHECK(blocks.ndim() == 2 && blocks.shape(1) % bytes == 0 && blocks.shape(1) > 0,
+           "blocks must be 2-d (rows, blocks per row * {} bytes) for {}", bytes,
+           quant_format_name(format));
+  IM_CHECK(blocks.flags() & py::array::c_style, "blocks must be C-contiguous");
+  return QuantView{format, blocks.data(), blocks.shape(0), blocks.shape(1) / bytes * kQuantBlock};
+}
+
+}  // namespace
 
 void register_kernels(py::module_& m) {
   m.def(
@@ -47,6 +68,67 @@ void register_kernels(py::module_& m) {
       },
       py::arg("a"), py::arg("b"), py::arg("out") = py::none(), py::arg("threads") = 0,
       py::arg("b_bfloat16") = false);
+
+  m.def(
+      "quantize",
+      [](const py::array_t<float, py::array::c_style | py::array::forcecast>& w,
+         const std::string& format) {
+        const QuantFormat f = parse_quant_format(format);
+        IM_CHECK(w.ndim() == 2, "quantize: w must be 2-d (rows, cols), got {} dims", w.ndim());
+        const int64_t rows = w.shape(0), cols = w.shape(1);
+        IM_CHECK(cols % kQuantBlock == 0 && cols > 0,
+                 "quantize: cols ({}) must be a positive multiple of {}", cols, kQuantBlock);
+        py::array_t<uint8_t> out({rows, cols / kQuantBlock * int64_t(quant_block_bytes(f))});
+        const float* src = w.data();
+        uint8_t* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        quantize_blocks(f, src, dst, rows, cols);
+        return out;
+      },
+      py::arg("w"), py::arg("format"));
+
+  m.def(
+      "dequantize",
+      [](const py::array& blocks, const std::string& format) {
+        const QuantView v = blocks_view(blocks, parse_quant_format(format));
+        py::array_t<float> out({v.rows, v.cols});
+        float* dst = out.mutable_data();
+        py::gil_scoped_release release;
+        dequantize_blocks(v.format, v.blocks, dst, v.rows, v.cols);
+        return out;
+      },
+      py::arg("blocks"), py::arg("format"));
+
+  py::class_<PackedMatrix>(m, "QuantizedMatrix",
+                           "A GGUF-quantized weight (rows = output features) repacked for the "
+                           "integer kernels.")
+      .def(py::init([](const py::array& blocks, const std::string& format) {
+             const QuantView v = blocks_view(blocks, parse_quant_format(format));
+             py::gil_scoped_release release;
+             return pack_blocks(v.format, v.blocks, v.rows, v.cols);
+           }),
+           py::arg("blocks"), py::arg("format"))
+      .def_property_readonly("rows", &PackedMatrix::rows)
+      .def_property_readonly("cols", &PackedMatrix::cols)
+      .def_property_readonly("nbytes", &PackedMatrix::nbytes)
+      .def_property_readonly("format",
+                             [](const PackedMatrix& p) { return quant_format_name(p.format()); })
+      .def(
+          "matmul",
+          [](const PackedMatrix& w, const py::array& a, const py::object& out, int threads) {
+            Tensor at = borrow_array(a, "a");
+            Shape shape = at.shape();
+            if (shape.ndim >= 1) shape[shape.ndim - 1] = w.rows();
+            Tensor ct;
+            py::array result = resolve_out(out, shape, ct);
+            {
+              py::gil_scoped_release release;
+              matmul(at, w, ct, threads);
+            }
+            return result;
+          },
+          py::arg("a"), py::arg("out") = py::none(), py::arg("threads") = 0,
+          "a @ W^T: a float32 [..., cols] -> [..., rows].");
 
   m.def(
       "sum",

@@ -14,7 +14,11 @@ import numpy as np
 
 from infermode._ext import _core
 
-__all__ = ["matmul", "rms_norm", "sum"]
+__all__ = ["QUANTIZED_FORMATS", "QuantizedMatrix", "dequantize", "matmul", "quantize", "rms_norm",
+           "sum"]
+
+#: GGUF block formats the integer kernels take (32 values per block).
+QUANTIZED_FORMATS = ("q8_0", "q4_0", "q4_1")
 
 
 def _as_array(x: Any, name: str, bfloat16_ok: bool = False) -> tuple:
@@ -90,3 +94,52 @@ def sum(x: Any, *, threads: Optional[int] = None) -> float:  # noqa: A001 - mirr
     """
     xa, _ = _as_array(x, "x")
     return float(_core.sum(xa, _threads(threads)))
+
+
+def _format(format: str) -> str:
+    if format not in QUANTIZED_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(QUANTIZED_FORMATS)}, got {format!r}")
+    return format
+
+
+def quantize(w: Any, format: str) -> np.ndarray:
+    """Quantizes a float32 matrix ``(rows, cols)`` row by row into GGUF blocks, rounding as
+    llama.cpp's reference quantizer does; ``cols`` must be a multiple of 32.
+
+    Returns uint8 ``(rows, cols // 32 * block_bytes)``: the bytes a GGUF file stores.
+
+        blocks = im.ops.quantize(linear.weight, "q8_0")
+    """
+    wa, _ = _as_array(w, "w")
+    return _core.quantize(wa, _format(format))
+
+
+def dequantize(blocks: np.ndarray, format: str) -> np.ndarray:
+    """GGUF blocks (uint8 ``(rows, bytes per row)``) back to float32 ``(rows, cols)``."""
+    return _core.dequantize(np.asarray(blocks), _format(format))
+
+
+class QuantizedMatrix:
+    """A quantized Linear weight (``rows`` output features x ``cols`` inputs), repacked once for
+    the integer kernels; ``matrix @ x``-style products come from :meth:`matmul`.
+
+        w = im.ops.QuantizedMatrix(im.ops.quantize(linear.weight, "q4_0"), "q4_0")
+        y = w.matmul(x)       # x [..., cols] float32 -> [..., rows], like x @ weight.T
+    """
+
+    def __init__(self, blocks: np.ndarray, format: str) -> None:
+        self._packed = _core.QuantizedMatrix(np.asarray(blocks), _format(format))
+
+    rows = property(lambda self: self._packed.rows)
+    cols = property(lambda self: self._packed.cols)
+    format = property(lambda self: self._packed.format)
+    #: bytes the kernels stream per product (the GGUF size plus alignment)
+    nbytes = property(lambda self: self._packed.nbytes)
+
+    def matmul(self, x: Any, *, out: Any = None, threads: Optional[int] = None) -> Any:
+        xa, xt = _as_array(x, "x")
+        oa = None if out is None else _as_array(out, "out")[0]
+        return _result(self._packed.matmul(xa, oa, _threads(threads)), out, xt)
+
+    def __repr__(self) -> str:
+        return f"QuantizedMatrix({self.format}, rows={self.rows}, cols={self.cols})"
