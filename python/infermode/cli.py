@@ -31,6 +31,7 @@ CHAT_PROMPT = ">>> "
 #: --max-new-tokens by default, unless the model's context is shorter.
 GENERATE_TOKENS = 256
 CHAT_TOKENS = 512
+BENCH_ATTEMPTS = 3
 
 logger = logging.getLogger(__name__)
 
@@ -209,8 +210,8 @@ class _Conversation:
         self.bos, self.eos = _special_tokens(model, model_path)
         # Base configs may name only <|endoftext|>; the template's end of turn must stop too.
         end_of_turn = model.tokenizer.token_to_id(self.eos) if self.eos else None
-        self.stop = list(model.config.eos_token_ids) + \
-            ([end_of_turn] if end_of_turn is not None else [])
+        ids = [*model.config.eos_token_ids, end_of_turn]
+        self.stop = [t for t in dict.fromkeys(ids) if t is not None]
 
     def ask(self, text: str, max_new_tokens: int) -> List[int]:
         """Adds the user's message and returns the token ids of the whole conversation."""
@@ -467,16 +468,21 @@ def _bench(args: argparse.Namespace) -> int:
         model.generate([prompt], max_new_tokens=new_tokens, stop=[])
         return time.perf_counter() - started
 
+    def measure() -> Tuple[float, float]:
+        """Prefill and decode tok/s of one repeat. A pause of the machine during the short run
+        can make it outlast the long one; such a repeat is run again, a few times at most."""
+        for _ in range(BENCH_ATTEMPTS):
+            first = seconds(1)
+            total = seconds(args.new_tokens + 1)
+            if total > first:
+                return args.prompt_tokens / first, args.new_tokens / (total - first)
+        raise CliError(f"{args.new_tokens} decode steps took no measurable time next to the "
+                       "prefill: raise --new-tokens")
+
     seconds(2)  # warm: the arena, the thread pool, the weights' pages
-    prefill, decode = [], []
-    for _ in tqdm(range(args.repeats), desc="bench", unit="run", dynamic_ncols=True):
-        first = seconds(1)
-        total = seconds(args.new_tokens + 1)
-        if total <= first:
-            raise CliError(f"{args.new_tokens} decode steps took no measurable time next to the "
-                           "prefill: raise --new-tokens")
-        prefill.append(args.prompt_tokens / first)
-        decode.append(args.new_tokens / (total - first))
+    runs = [measure() for _ in tqdm(range(args.repeats), desc="bench", unit="run",
+                                    dynamic_ncols=True)]
+    prefill, decode = [p for p, _ in runs], [d for _, d in runs]
     info = cpu_info()
     result = {
         "model": args.model or "bundled", "dtype": model.dtype,

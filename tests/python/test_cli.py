@@ -211,16 +211,22 @@ def test_generate_errors_name_the_argument(model_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_generate_with_the_bundled_model():
+def test_generate_with_the_bundled_model(monkeypatch, capsys):
     try:
         bundled = im.CausalLM.from_pretrained()
     except Exception as exc:  # noqa: BLE001 - whatever stops it, the reason says
         pytest.skip(f"CausalLM.from_pretrained() without a path does not load the bundled "
                     f"SmolLM2 GGUF in this build yet (the GGUF loader's part): {exc}")
+    from infermode import cli
+
+    # In this process, so the 98 MB model loads once: the command must ask for the default.
+    asked = []
+    monkeypatch.setattr(im.CausalLM, "from_pretrained",
+                        lambda *a, **k: asked.append((a, k)) or bundled)
     prompt = "The capital of France is"
-    result = infermode("generate", prompt, "--max-new-tokens", 8)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == bundled.generate(prompt, max_new_tokens=8).texts[0] + "\n"
+    assert cli.main(["generate", prompt, "--max-new-tokens", "8", "--no-stream"]) == 0
+    assert asked == [((None,), {"threads": None})]
+    assert capsys.readouterr().out == bundled.generate(prompt, max_new_tokens=8).texts[0] + "\n"
 
 
 # ------------------------------------------------------------------------------------------ chat
@@ -312,14 +318,14 @@ def test_long_chats_drop_the_oldest_exchanges(model_dir, lm):
 
 
 def test_bench_json_gives_positive_speeds(model_dir):
-    result = infermode("bench", "--model", model_dir, "--prompt-tokens", 16, "--new-tokens", 64,
+    result = infermode("bench", "--model", model_dir, "--prompt-tokens", 16, "--new-tokens", 200,
                        "--repeats", 2, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for stage in ("prefill_tok_s", "decode_tok_s"):
         s = report[stage]
         assert 0 < s["min"] <= s["median"] <= s["max"] and len(s["runs"]) == 2
-    assert report["prompt_tokens"] == 16 and report["new_tokens"] == 64
+    assert report["prompt_tokens"] == 16 and report["new_tokens"] == 200
 
 
 # ------------------------------------------------------------------------ exit codes and errors
@@ -357,9 +363,14 @@ def test_a_closed_pipe_ends_generation_quietly(model_dir):
         assert result.stdout.strip() == "0" and result.stderr == ""
 
 
-def test_ctrl_c_during_generation_exits_130(tmp_path_factory):
-    # No end-of-sequence token: nothing but the signal ends it.
-    slow = _save_model(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
+@pytest.fixture(scope="module")
+def slow_dir(tmp_path_factory):
+    """A model with a long context and no end-of-sequence token: only a signal ends it."""
+    return _save_model(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
+
+
+def test_ctrl_c_during_generation_exits_130(slow_dir):
+    slow = slow_dir
     process = subprocess.Popen(
         [sys.executable, "-m", "infermode", "generate", "w9 w10", "--model", str(slow),
          "--stream", "--max-new-tokens", "16000"],
@@ -373,3 +384,24 @@ def test_ctrl_c_during_generation_exits_130(tmp_path_factory):
     assert process.returncode == 130
     assert "interrupted" in stderr and "Traceback" not in stderr
 
+
+
+def test_ctrl_c_during_a_chat_reply_returns_to_the_prompt(slow_dir):
+    import pexpect
+
+    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(slow_dir),
+                                           "--max-new-tokens", "16000"],
+                          env=TERMINAL_ENV, encoding="utf-8", timeout=60)
+    try:
+        child.expect_exact(">>> ")
+        child.sendline("w9 w10")
+        child.expect(r"w9 w10\r\nw\d+")  # the reply has begun
+        child.sendintr()
+        child.expect_exact("[reply stopped]")
+        child.expect_exact(">>> ")
+        child.sendeof()
+        child.expect(pexpect.EOF)
+        assert "Traceback" not in child.before
+    finally:
+        child.close()
+    assert child.exitstatus == 0
