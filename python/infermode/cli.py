@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "xla")
 #: The exit status of a process ended by SIGINT, as shells report it.

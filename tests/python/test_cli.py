@@ -4,6 +4,7 @@ Commands run as `python -m infermode` subprocesses on tiny random Llama checkpoi
 transformers writes (with a small word-level tokenizer and a ChatML template); the reference for
 what they print is `CausalLM` in this process.
 """
+import contextlib
 import json
 import os
 import signal
@@ -257,40 +258,39 @@ def test_chat_through_a_pipe_prints_one_reply_per_line(model_dir, lm):
     assert one_shot.stdout == result.stdout.splitlines()[0] + "\n"
 
 
-def test_chat_in_a_terminal_answers_and_ends_on_eof(model_dir, lm):
+@contextlib.contextmanager
+def _terminal_chat(model_dir, *flags):
+    """`infermode chat` in a pseudo-terminal, at its first prompt; after the body it must end
+    with exit status 0 and no traceback (the body ends the input)."""
     import pexpect
 
-    lines = ["w10 w11 w12", "w40 w41"]
-    replies = _chat_replies(lm, lines, 8)
     child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(model_dir),
-                                           "--max-new-tokens", "8"],
+                                           *map(str, flags)],
                           env=TERMINAL_ENV, encoding="utf-8", timeout=60)
     try:
         child.expect_exact(">>> ")
-        for line, reply in zip(lines, replies):
-            child.sendline(line)
-            child.expect_exact(">>> ")
-            assert child.before.replace("\r\n", "\n") == f"{line}\n{reply}\n"
-        child.sendeof()
-        child.expect(pexpect.EOF)
-    finally:
-        child.close()
-    assert child.exitstatus == 0
-
-
-def test_ctrl_c_at_the_chat_prompt_exits_cleanly(model_dir):
-    import pexpect
-
-    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(model_dir)],
-                          env=TERMINAL_ENV, encoding="utf-8", timeout=60)
-    try:
-        child.expect_exact(">>> ")
-        child.sendintr()
+        yield child
         child.expect(pexpect.EOF)
         assert "Traceback" not in child.before
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_chat_in_a_terminal_answers_and_ends_on_eof(model_dir, lm):
+    lines = ["w10 w11 w12", "w40 w41"]
+    replies = _chat_replies(lm, lines, 8)
+    with _terminal_chat(model_dir, "--max-new-tokens", 8) as child:
+        for line, reply in zip(lines, replies):
+            child.sendline(line)
+            child.expect_exact(">>> ")
+            assert child.before.replace("\r\n", "\n") == f"{line}\n{reply}\n"
+        child.sendeof()
+
+
+def test_ctrl_c_at_the_chat_prompt_exits_cleanly(model_dir):
+    with _terminal_chat(model_dir) as child:
+        child.sendintr()
 
 
 def test_chat_needs_a_chat_template(tmp_path_factory):
@@ -385,23 +385,11 @@ def test_ctrl_c_during_generation_exits_130(slow_dir):
     assert "interrupted" in stderr and "Traceback" not in stderr
 
 
-
 def test_ctrl_c_during_a_chat_reply_returns_to_the_prompt(slow_dir):
-    import pexpect
-
-    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(slow_dir),
-                                           "--max-new-tokens", "16000"],
-                          env=TERMINAL_ENV, encoding="utf-8", timeout=60)
-    try:
-        child.expect_exact(">>> ")
+    with _terminal_chat(slow_dir, "--max-new-tokens", 16000) as child:
         child.sendline("w9 w10")
         child.expect(r"w9 w10\r\nw\d+")  # the reply has begun
         child.sendintr()
         child.expect_exact("[reply stopped]")
         child.expect_exact(">>> ")
         child.sendeof()
-        child.expect(pexpect.EOF)
-        assert "Traceback" not in child.before
-    finally:
-        child.close()
-    assert child.exitstatus == 0
