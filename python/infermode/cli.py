@@ -517,25 +517,16 @@ def _print_bench(result: Dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- the parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
-    return value
+def _at_least(kind: type, minimum: float) -> Any:
+    """An argparse ``type=`` that parses ``kind`` and refuses values below ``minimum``."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value >= minimum:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
 
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
 
 
 def _model_options() -> argparse.ArgumentParser:
@@ -543,28 +534,28 @@ def _model_options() -> argparse.ArgumentParser:
     parent.add_argument("--model", metavar="PATH",
                         help="a Hugging Face checkpoint directory or a .gguf file (default: the "
                              "bundled SmolLM2-135M-Instruct)")
-    parent.add_argument("--dtype",
+    parent.add_argument("--dtype", metavar="DTYPE",
                         help="weight matrices as float32, bfloat16, q8_0, q4_0, or auto: as the "
                              "file stores them (default: float32 for a Hugging Face directory, "
                              "auto for a .gguf file)")
-    parent.add_argument("--threads", type=_positive_int,
+    parent.add_argument("--threads", type=_at_least(int, 1), metavar="N",
                         help="threads (default: the physical cores, or INFERMODE_NUM_THREADS)")
     return parent
 
 
 def _sampling_options(max_new_tokens: int) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--max-new-tokens", type=_positive_int, metavar="N",
+    parent.add_argument("--max-new-tokens", type=_at_least(int, 1), metavar="N",
                         help=f"at most N new tokens (default: {max_new_tokens}, or less where "
                              "the model's context is shorter)")
-    parent.add_argument("--temperature", type=_non_negative_float, default=0.0,
+    parent.add_argument("--temperature", type=_at_least(float, 0), default=0.0, metavar="T",
                         help="0 is greedy (the default); higher samples more freely")
-    parent.add_argument("--top-k", type=_non_negative_int, default=0,
+    parent.add_argument("--top-k", type=_at_least(int, 0), default=0, metavar="K",
                         help="sample among the K likeliest tokens (default: 0, all)")
-    parent.add_argument("--top-p", type=float, default=1.0,
+    parent.add_argument("--top-p", type=float, default=1.0, metavar="P",
                         help="sample among the likeliest tokens whose probabilities add up to P "
                              "(default: 1)")
-    parent.add_argument("--seed", type=_non_negative_int,
+    parent.add_argument("--seed", type=_at_least(int, 0), metavar="N",
                         help="random seed for sampling (default: a fresh one)")
     parent.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
                         help="print tokens as they come (default: when stdout is a terminal)")
@@ -629,11 +620,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Measures prefill and decode speed.",
                            epilog=BENCH_METHOD,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    bench.add_argument("--prompt-tokens", type=_positive_int, default=128, metavar="N",
+    bench.add_argument("--prompt-tokens", type=_at_least(int, 1), default=128, metavar="N",
                        help="prompt length (default: 128)")
-    bench.add_argument("--new-tokens", type=_positive_int, default=128, metavar="N",
+    bench.add_argument("--new-tokens", type=_at_least(int, 1), default=128, metavar="N",
                        help="decode steps timed (default: 128)")
-    bench.add_argument("--repeats", type=_positive_int, default=5, metavar="N",
+    bench.add_argument("--repeats", type=_at_least(int, 1), default=5, metavar="N",
                        help="measurements (default: 5)")
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     bench.set_defaults(func=_bench)
