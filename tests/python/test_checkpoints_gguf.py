@@ -333,6 +333,16 @@ def test_tokenizer_json_beside_the_file_wins(gguf_file, tmp_path):
     assert tokenizer.get_vocab_size() == 2 and template == gm.CHATML
 
 
+def test_tokenizer_json_embedded_in_the_metadata_is_used(tiny, tmp_path):
+    model, tok, pre = tiny["qwen2_bias_tied"]
+    arch, meta, tensors = gm.convert(model, tok, pre=pre)
+    meta["tokenizer.ggml.pre"] = "unknown-to-us"  # would fail if the vocabulary were rebuilt
+    meta["tokenizer.huggingface.json"] = tok.to_str()
+    path = gm.write_gguf(tmp_path / "embedded.gguf", arch, meta, tensors)
+    tokenizer, _ = open_gguf(path).tokenizer()
+    assert tokenizer.encode(gm.TEXT[1]).ids == tok.encode(gm.TEXT[1]).ids
+
+
 def test_chat_template_special_tokens_and_stop_ids(gguf_file):
     f = open_gguf(gguf_file("qwen2_bias_tied"))
     tokenizer, template = f.tokenizer()
@@ -416,6 +426,11 @@ def test_missing_metadata_and_extra_tensors(broken):
     path = broken(lambda meta, tensors: tensors.update(
         {"blk.0.attn_rot.weight": (np.zeros(4, np.float32), "F32")}))
     _raises_naming_file(path, r"1 unexpected tensor\(s\).*'blk\.0\.attn_rot\.weight'")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="GGUF file .*nowhere.gguf does not exist"):
+        CausalLM.from_pretrained(tmp_path / "nowhere.gguf")
 
 
 def test_not_a_gguf_file(tmp_path):

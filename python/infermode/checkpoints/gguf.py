@@ -133,13 +133,13 @@ def bundled_model_path() -> Path:
 
 
 def is_gguf(path: PathLike) -> bool:
-    """Whether ``path`` names a GGUF file: a ``.gguf`` file name, or a file that starts with the
-    GGUF magic. (A broken ``.gguf`` file counts, so that loading it says what is wrong.)"""
+    """Whether ``path`` names a GGUF file: a ``.gguf`` name, or a file that starts with the GGUF
+    magic. (A missing or broken ``.gguf`` file counts, so that loading it says what is wrong.)"""
     path = Path(path)
-    if not path.is_file():
-        return False
     if path.suffix.lower() == ".gguf":
         return True
+    if not path.is_file():
+        return False
     with open(path, "rb") as f:
         return f.read(4) == _MAGIC
 
