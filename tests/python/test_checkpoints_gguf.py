@@ -207,7 +207,7 @@ def _quantized_tolerance(model, ids):
     The kernels multiply by int8-quantized activations (llama.cpp's format: 8 bits per block of
     32 values, like Q8_0 weights), so their rounding error has the order of Q8_0 weight rounding;
     twice that leaves room for the ISA paths' different summation orders. On these models it
-    measured 0.6 to 1.1 times (AVX-512 VNNI path).
+    measured 0.6 to 1.1 times.
     """
     return 2 * np.abs(_logits(_with_matrices(model, _round_trip("Q8_0")), ids)
                       - _logits(model, ids)).max()
@@ -227,6 +227,18 @@ def test_quantized_file_tracks_transformers_on_the_files_weights(tiny, gguf_file
     for prompt in PROMPTS:
         tokens = lm.generate(prompt, max_new_tokens=16, stop=[]).token_ids[0]
         _assert_greedy_choices(reference, prompt, tokens, tolerance)
+
+
+@needs_quantized
+@pytest.mark.parametrize("isa", list(_core.supported_isas()))
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])
+def test_quantized_kernels_on_every_isa(tiny, gguf_file, restore_isa, qtype, isa):
+    model = tiny["llama_gqa"][0]
+    restore_isa.set_isa(isa)
+    lm = CausalLM.from_pretrained(gguf_file("llama_gqa", qtype))
+    ids = np.array([PROMPTS[1]])
+    want = _logits(_with_matrices(model, _round_trip(qtype)), ids)
+    assert np.abs(lm.forward(ids) - want).max() <= _quantized_tolerance(model, ids)
 
 
 def _assert_greedy_choices(reference, prompt, tokens, tolerance):
