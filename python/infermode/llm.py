@@ -40,10 +40,10 @@ SUPPORTED_DTYPES = ("float32", "bfloat16", "q8_0", "q4_0", "auto")
 QUANTIZED_FORMATS = gguf.QUANTIZED_DTYPES
 # Quantizing asks for whole blocks of this many values along every row.
 _QUANT_BLOCK = 32
-# The embedding and the LM head are quantized to Q8_0 whatever format is asked: an error in the
-# LM head goes straight into the logits and flips close greedy choices, and the embedding is read
-# one row per token, so its size costs nothing per token. llama.cpp's quantizer keeps the output
-# matrix at higher precision for the same reason (the bundled Q4_1 file has a Q8_0 embedding).
+# The embedding and the LM head are quantized to Q8_0 whatever format is asked: the LM head's
+# error goes straight into the logits and flips close greedy choices (a tied embedding is the LM
+# head). llama.cpp's quantizer keeps the output matrix at higher precision for the same reason:
+# the bundled Q4_1 file has a Q8_0 embedding, which is also its output layer.
 _VOCAB_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
 
 Prompts = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
@@ -84,9 +84,7 @@ class CausalLM:
     def __init__(self, checkpoint: Checkpoint, tokenizer: Any = None,
                  chat_template: Optional[str] = None, threads: Optional[int] = None,
                  dtype: str = "float32") -> None:
-        if dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
-                             f"{', '.join(SUPPORTED_DTYPES)}")
+        _check_dtype(dtype)
         self._checkpoint = checkpoint
         self.config: ModelConfig = checkpoint.config
         self.tokenizer = tokenizer
@@ -123,9 +121,8 @@ class CausalLM:
             model = im.CausalLM.from_pretrained("models/Qwen2.5-0.5B", threads=2)
             model = im.CausalLM.from_pretrained("qwen2.5-0.5b-instruct-q8_0.gguf")
         """
-        if dtype is not None and dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
-                             f"{', '.join(SUPPORTED_DTYPES)}")
+        if dtype is not None:
+            _check_dtype(dtype)  # before reading any file
         if adapter is not None:
             raise ValueError("LoRA adapters are not supported yet; load the base model without "
                              "adapter=")
@@ -340,6 +337,12 @@ def capture_name(item: Union[str, int]) -> str:
                      "(i a block index from 0) or 'final_norm'")
 
 
+def _check_dtype(dtype: str) -> None:
+    if dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
+                         f"{', '.join(SUPPORTED_DTYPES)}")
+
+
 def _check_threads(threads: Optional[int]) -> Optional[int]:
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
@@ -356,9 +359,7 @@ def _core_config(config: ModelConfig) -> Dict[str, Any]:
 def _matrix_formats(checkpoint: Checkpoint, dtype: str) -> Dict[str, str]:
     """How each tensor goes to the core under ``dtype``: "float32", "bfloat16" or a quantized
     format. Vectors (norms, biases) are always float32: they are tiny and read once per token."""
-    if dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported yet; supported: "
-                         f"{', '.join(SUPPORTED_DTYPES)}")
+    _check_dtype(dtype)
     formats: Dict[str, str] = {}
     for name, array in checkpoint.weights.items():
         stored = checkpoint.dtypes[name]
