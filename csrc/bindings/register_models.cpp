@@ -58,7 +58,10 @@ DecoderConfig decoder_config(const py::dict& d) {
 // A GGUF-block array for `name`: a uint8 array is taken as it is; a float32 (rows, cols) one is
 // quantized into a new array (llama.cpp's reference rounding).
 py::array quantized_blocks(const py::array& arr, QuantFormat format, const std::string& name) {
-  if (!py::isinstance<py::array_t<float>>(arr) || arr.ndim() != 2) return arr;
+  if (!py::isinstance<py::array_t<float>>(arr)) return arr;
+  IM_CHECK_TYPE(arr.ndim() == 2, "tensor '{}' has {} dims; only weight matrices (2-d) can be "
+                "quantized to {}: leave it out of quantized=", name, arr.ndim(),
+                quant_format_name(format));
   const int64_t rows = arr.shape(0), cols = arr.shape(1);
   IM_CHECK(cols % kQuantBlock == 0, "tensor '{}' has {} columns; quantizing to {} needs a "
            "multiple of {}", name, cols, quant_format_name(format), kQuantBlock);
@@ -124,7 +127,8 @@ std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
 void register_models(py::module_& m) {
   py::class_<PyDecoder>(m, "Decoder")
       .def(py::init([](const py::dict& config, const py::dict& tensors,
-                       const std::vector<std::string>& bfloat16, const py::dict& quantized) {
+                       const std::vector<std::string>& bfloat16, const py::dict& quantized,
+                       bool stack) {
              auto self = std::make_unique<PyDecoder>();
              std::map<std::string, Tensor> views;
              std::map<std::string, QuantView> blocks;
@@ -150,15 +154,16 @@ void register_models(py::module_& m) {
                         "among the tensors", item.first.cast<std::string>());
              const DecoderConfig c = decoder_config(config);
              py::gil_scoped_release release;  // repacking a large model takes a moment
-             self->model = std::make_unique<Decoder>(c, views, blocks);
+             self->model = std::make_unique<Decoder>(c, views, blocks, stack);
              return self;
            }),
            py::arg("config"), py::arg("tensors"), py::arg("bfloat16") = std::vector<std::string>{},
-           py::arg("quantized") = py::dict(),
+           py::arg("quantized") = py::dict(), py::arg("stack") = true,
            "tensors: {name: array} named as in the Hugging Face checkpoint. bfloat16: names of\n"
            "uint16 arrays holding bfloat16 bits. quantized: {name: 'q8_0' | 'q4_0' | 'q4_1'}:\n"
            "that tensor is either a uint8 array of GGUF blocks, shape (rows, cols / 32 * block\n"
-           "bytes), or a float32 (rows, cols) array to quantize at load.")
+           "bytes), or a float32 (rows, cols) array to quantize at load. stack: q/k/v and\n"
+           "gate/up quantized alike are packed as one matrix each (False: kept apart).")
       .def(
           "forward",
           [](PyDecoder& self, const py::array& ids, int threads, bool last_only) {

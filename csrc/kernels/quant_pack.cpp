@@ -43,10 +43,19 @@ void pack_row(PackedMatrix& p, const Block* src, int64_t row) {
   }
 }
 
+// Packs `rows` rows of GGUF blocks as rows [first, first + rows) of p.
 template <typename Block>
-void pack_all(PackedMatrix& p, const void* blocks) {
+void pack_rows(PackedMatrix& p, const void* blocks, int64_t first, int64_t rows) {
   const Block* src = static_cast<const Block*>(blocks);
-  for (int64_t row = 0; row < p.rows(); ++row) pack_row(p, src + row * p.blocks(), row);
+  for (int64_t row = 0; row < rows; ++row) pack_row(p, src + row * p.blocks(), first + row);
+}
+
+void pack_into(PackedMatrix& p, const QuantView& v, int64_t first) {
+  switch (v.format) {
+    case QuantFormat::q8_0: return pack_rows<BlockQ8_0>(p, v.blocks, first, v.rows);
+    case QuantFormat::q4_0: return pack_rows<BlockQ4_0>(p, v.blocks, first, v.rows);
+    case QuantFormat::q4_1: return pack_rows<BlockQ4_1>(p, v.blocks, first, v.rows);
+  }
 }
 
 void quantize_q8_0(const float* x, BlockQ8_0& out) {
@@ -123,11 +132,25 @@ void PackedMatrix::code(int64_t row, int64_t col, int* q, float* d, float* offse
 }
 
 PackedMatrix pack_blocks(QuantFormat format, const void* blocks, int64_t rows, int64_t cols) {
-  PackedMatrix p(format, rows, cols);
-  switch (format) {
-    case QuantFormat::q8_0: pack_all<BlockQ8_0>(p, blocks); break;
-    case QuantFormat::q4_0: pack_all<BlockQ4_0>(p, blocks); break;
-    case QuantFormat::q4_1: pack_all<BlockQ4_1>(p, blocks); break;
+  return pack_blocks({QuantView{format, blocks, rows, cols}});
+}
+
+PackedMatrix pack_blocks(const std::vector<QuantView>& parts) {
+  IM_CHECK(!parts.empty(), "pack: no matrices given");
+  int64_t rows = 0;
+  for (const QuantView& v : parts) {
+    IM_CHECK(v.format == parts[0].format && v.cols == parts[0].cols,
+             "pack: stacked matrices must share format and columns ({} x {} {} vs {} x {} {})",
+             v.rows, v.cols, quant_format_name(v.format), parts[0].rows, parts[0].cols,
+             quant_format_name(parts[0].format));
+    check_cols("pack", v.rows, v.cols);
+    rows += v.rows;
+  }
+  PackedMatrix p(parts[0].format, rows, parts[0].cols);
+  int64_t first = 0;
+  for (const QuantView& v : parts) {
+    pack_into(p, v, first);
+    first += v.rows;
   }
   return p;
 }

@@ -18,6 +18,7 @@
 // zero. The byte count equals the GGUF file's (plus alignment): nothing is widened.
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/quant_blocks.h"
 #include "core/tensor.h"
@@ -65,6 +66,10 @@ class PackedMatrix {
 
 // Repacks rows x cols values stored as GGUF blocks (row-major, cols / 32 blocks per row).
 PackedMatrix pack_blocks(QuantFormat format, const void* blocks, int64_t rows, int64_t cols);
+
+// The rows of several matrices of one format and column count, stacked in order into one packed
+// matrix (q, k and v projections packed as one qkv matrix: one product instead of three).
+PackedMatrix pack_blocks(const std::vector<QuantView>& parts);
 
 // Quantizes float32 rows to GGUF blocks as llama.cpp's reference quantizer does (nearest code;
 // Q4_0 scales by the value of largest magnitude / -8, Q4_1 spans [min, max]).

@@ -1,5 +1,6 @@
 #include "models/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -48,6 +49,21 @@ void store_kv(const Tensor& rows, const Segment& seg, Tensor block, int64_t kv_h
                   size_t(head_dim) * sizeof(float));
 }
 
+// Copies consecutive column ranges of `all` ((rows, sum of widths)) into each part ((rows, width)).
+void split_columns(const Tensor& all, std::initializer_list<Tensor*> parts) {
+  const int64_t rows = all.size(0), width = all.size(1);
+  const float* src = static_cast<const float*>(all.raw());
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t col = 0;
+    for (Tensor* part : parts) {
+      const int64_t n = part->size(1);
+      std::memcpy(static_cast<float*>(part->raw()) + r * n, src + r * width + col,
+                  size_t(n) * sizeof(float));
+      col += n;
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, Shape>> decoder_tensor_names(const DecoderConfig& c) {
@@ -76,7 +92,7 @@ std::vector<std::pair<std::string, Shape>> decoder_tensor_names(const DecoderCon
 }
 
 Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors,
-                 const std::map<std::string, QuantView>& quantized)
+                 const std::map<std::string, QuantView>& quantized, bool stack)
     : config_(config) {
   check_config(config_);
   inv_freq_ = rope_inverse_frequencies(config_.rope);
@@ -116,7 +132,23 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
   }
   auto linear_of = [&](const std::string& name) {
     auto qt = blocks.find(name);
-    return qt != blocks.end() ? Linear::pack(qt->second) : Linear::borrow(dense.at(name));
+    return qt != blocks.end() ? Linear::pack({qt->second}) : Linear::borrow(dense.at(name));
+  };
+  // Quantized matrices of one format that read the same input are stacked into one; otherwise
+  // each gets its own Linear.
+  auto stacked = [&](const std::vector<std::string>& names, Linear& fused,
+                     std::vector<Linear*> parts) {
+    std::vector<QuantView> views;
+    for (const std::string& name : names) {
+      auto qt = blocks.find(name);
+      if (qt == blocks.end() || qt->second.format != blocks.at(names[0]).format) break;
+      views.push_back(qt->second);
+    }
+    if (stack && views.size() == names.size()) {
+      fused = Linear::pack(views);
+      return;
+    }
+    for (size_t i = 0; i < names.size(); ++i) *parts[i] = linear_of(names[i]);
   };
   const std::string embed = "model.embed_tokens.weight";
   if (blocks.count(embed)) {
@@ -129,9 +161,9 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
   for (int64_t i = 0; i < config_.layers; ++i) {
     LayerWeights w;
     w.input_norm = dense.at(layer_name(i, "input_layernorm.weight"));
-    w.q = linear_of(layer_name(i, "self_attn.q_proj.weight"));
-    w.k = linear_of(layer_name(i, "self_attn.k_proj.weight"));
-    w.v = linear_of(layer_name(i, "self_attn.v_proj.weight"));
+    stacked({layer_name(i, "self_attn.q_proj.weight"), layer_name(i, "self_attn.k_proj.weight"),
+             layer_name(i, "self_attn.v_proj.weight")},
+            w.qkv, {&w.q, &w.k, &w.v});
     if (config_.attention_bias) {
       w.q_bias = dense.at(layer_name(i, "self_attn.q_proj.bias"));
       w.k_bias = dense.at(layer_name(i, "self_attn.k_proj.bias"));
@@ -139,8 +171,8 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
     }
     w.o = linear_of(layer_name(i, "self_attn.o_proj.weight"));
     w.post_norm = dense.at(layer_name(i, "post_attention_layernorm.weight"));
-    w.gate = linear_of(layer_name(i, "mlp.gate_proj.weight"));
-    w.up = linear_of(layer_name(i, "mlp.up_proj.weight"));
+    stacked({layer_name(i, "mlp.gate_proj.weight"), layer_name(i, "mlp.up_proj.weight")},
+            w.gate_up, {&w.gate, &w.up});
     w.down = linear_of(layer_name(i, "mlp.down_proj.weight"));
     weights_.layers.push_back(std::move(w));
   }
@@ -193,6 +225,15 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
   Tensor proj = Tensor::empty({rows, hidden}, DType::f32);
   Tensor gate = Tensor::empty({rows, c.intermediate_size}, DType::f32);
   Tensor up = Tensor::empty({rows, c.intermediate_size}, DType::f32);
+  // Outputs of the stacked products, split into q/k/v and gate/up (a copy: small next to them).
+  const auto& layers = weights_.layers;
+  const bool any_qkv = std::any_of(layers.begin(), layers.end(),
+                                   [](const LayerWeights& w) { return bool(w.qkv.packed); });
+  const bool any_gate_up = std::any_of(layers.begin(), layers.end(),
+                                       [](const LayerWeights& w) { return bool(w.gate_up.packed); });
+  Tensor qkv = any_qkv ? Tensor::empty({rows, q_dim + 2 * kv_dim}, DType::f32) : Tensor();
+  Tensor gate_up =
+      any_gate_up ? Tensor::empty({rows, 2 * c.intermediate_size}, DType::f32) : Tensor();
   Tensor q3 = q.view({rows, c.heads, c.head_dim});
   Tensor k3 = k.view({rows, c.kv_heads, c.head_dim});
   Tensor attn2 = attn.view({rows, q_dim});
@@ -201,9 +242,14 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
     const LayerWeights& w = weights_.layers[l];
     // Attention: x += o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x))))
     rms_norm(x, w.input_norm, c.rms_norm_eps, h, threads);
-    linear(h, w.q, q, threads);
-    linear(h, w.k, k, threads);
-    linear(h, w.v, v, threads);
+    if (w.qkv.packed) {
+      linear(h, w.qkv, qkv, threads);
+      split_columns(qkv, {&q, &k, &v});
+    } else {
+      linear(h, w.q, q, threads);
+      linear(h, w.k, k, threads);
+      linear(h, w.v, v, threads);
+    }
     if (c.attention_bias) {
       add(w.q_bias, q, threads);
       add(w.k_bias, k, threads);
@@ -222,8 +268,13 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
     add(proj, x, threads);
     // MLP: x += down(silu(gate(norm(x))) * up(norm(x)))
     rms_norm(x, w.post_norm, c.rms_norm_eps, h, threads);
-    linear(h, w.gate, gate, threads);
-    linear(h, w.up, up, threads);
+    if (w.gate_up.packed) {
+      linear(h, w.gate_up, gate_up, threads);
+      split_columns(gate_up, {&gate, &up});
+    } else {
+      linear(h, w.gate, gate, threads);
+      linear(h, w.up, up, threads);
+    }
     swiglu(gate, up, gate, threads);
     linear(gate, w.down, proj, threads);
     add(proj, x, threads);

@@ -41,6 +41,10 @@ struct LayerWeights {
   Tensor post_norm;   // (hidden)
   Linear gate, up;    // (intermediate, hidden)
   Linear down;        // (hidden, intermediate)
+  // When q, k and v (gate and up) are quantized alike, they are packed stacked into one matrix
+  // ((heads + 2 kv_heads) * head_dim, hidden), ((2 intermediate, hidden)) and q/k/v (gate/up)
+  // above stay empty: one product and one parallel region instead of three (two).
+  Linear qkv, gate_up;
 };
 
 struct DecoderWeights {
@@ -55,9 +59,10 @@ class Decoder {
  public:
   // Checks every name, shape and dtype; ValueError naming the tensor otherwise. A weight matrix
   // may come in `quantized` (borrowed GGUF blocks) instead of `tensors`; the embedding's blocks
-  // must outlive the model, the others are repacked here.
+  // must outlive the model, the others are repacked here. stack: pack q/k/v and gate/up
+  // stacked when they are quantized alike (false keeps them apart: for tests and benchmarks).
   Decoder(const DecoderConfig& config, const std::map<std::string, Tensor>& tensors,
-          const std::map<std::string, QuantView>& quantized = {});
+          const std::map<std::string, QuantView>& quantized = {}, bool stack = true);
 
   const DecoderConfig& config() const { return config_; }
 

@@ -3,6 +3,7 @@
 // bfloat16, borrowed from the caller (a memory-mapped checkpoint), or quantized and repacked
 // for the integer kernels at load (owned, shared by copies).
 #include <memory>
+#include <vector>
 
 #include "core/quant_blocks.h"
 #include "core/tensor.h"
@@ -15,8 +16,9 @@ struct Linear {
   std::shared_ptr<const PackedMatrix> packed;
 
   static Linear borrow(const Tensor& w) { return Linear{w, nullptr}; }
-  static Linear pack(const QuantView& w) {
-    return Linear{Tensor(), std::make_shared<PackedMatrix>(pack_blocks(w.format, w.blocks, w.rows, w.cols))};
+  // Several quantized matrices stacked by rows into one (see pack_blocks).
+  static Linear pack(const std::vector<QuantView>& parts) {
+    return Linear{Tensor(), std::make_shared<PackedMatrix>(pack_blocks(parts))};
   }
   int64_t rows() const { return packed ? packed->rows() : dense.size(0); }
   int64_t cols() const { return packed ? packed->cols() : dense.size(1); }

@@ -82,6 +82,35 @@ TEST(QuantPack, EveryValueReadsBackAsDequantized) {
   }
 }
 
+// Matrices stacked by rows (q, k, v as one) read back as each one alone, groups straddling the
+// seams included.
+TEST(QuantPack, StackedMatricesKeepTheirRowsInOrder) {
+  const int64_t cols = 64, rows_a = 20, rows_b = 24;
+  auto wa = random_floats(rows_a * cols, 31), wb = random_floats(rows_b * cols, 32);
+  for (QuantFormat f : kFormats) {
+    auto ba = quantized(f, wa, rows_a, cols), bb = quantized(f, wb, rows_b, cols);
+    PackedMatrix a = pack_blocks(f, ba.data(), rows_a, cols);
+    PackedMatrix b = pack_blocks(f, bb.data(), rows_b, cols);
+    PackedMatrix ab = pack_blocks({QuantView{f, ba.data(), rows_a, cols},
+                                   QuantView{f, bb.data(), rows_b, cols}});
+    ASSERT_EQ(ab.rows(), rows_a + rows_b);
+    for (int64_t r = 0; r < ab.rows(); ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        int q1, q2;
+        float d1, d2, o1, o2;
+        ab.code(r, c, &q1, &d1, &o1);
+        (r < rows_a ? a : b).code(r < rows_a ? r : r - rows_a, c, &q2, &d2, &o2);
+        ASSERT_EQ(q1, q2);
+        ASSERT_EQ(d1, d2);
+        ASSERT_EQ(o1, o2);
+      }
+  }
+  std::vector<uint8_t> other(size_t(rows_b) * 2 * sizeof(BlockQ8_0));
+  EXPECT_THROW(pack_blocks({QuantView{QuantFormat::q4_0, other.data(), rows_b, cols},
+                            QuantView{QuantFormat::q8_0, other.data(), rows_b, cols}}),
+               ValueError);
+}
+
 TEST(QuantPack, RejectsColumnsThatAreNotWholeBlocks) {
   std::vector<float> w(4 * 40, 1.0f);
   std::vector<uint8_t> out(1024);
