@@ -207,11 +207,7 @@ class _Conversation:
         self.messages: List[Dict[str, str]] = []
         if system:
             self.messages.append({"role": "system", "content": system})
-        self.bos, self.eos = _special_tokens(model, model_path)
-        # Base configs may name only <|endoftext|>; the template's end of turn must stop too.
-        end_of_turn = model.tokenizer.token_to_id(self.eos) if self.eos else None
-        ids = [*model.config.eos_token_ids, end_of_turn]
-        self.stop = [t for t in dict.fromkeys(ids) if t is not None]
+        self.stop = model.chat_stop_ids
 
     def ask(self, text: str, max_new_tokens: int) -> List[int]:
         """Adds the user's message and returns the token ids of the whole conversation."""
@@ -236,11 +232,7 @@ class _Conversation:
         self.messages.pop()
 
     def _encode(self) -> List[int]:
-        from infermode.checkpoints._chat import render_chat
-
-        text = render_chat(self.model.chat_template, self.messages, add_generation_prompt=True,
-                           bos_token=self.bos or "", eos_token=self.eos or "")
-        return self.model.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.model.apply_chat_template(self.messages)
 
     def _drop_oldest_exchange(self) -> bool:
         first = 1 if self.messages[0]["role"] == "system" else 0
@@ -248,25 +240,6 @@ class _Conversation:
             return False
         del self.messages[first:first + 2]
         return True
-
-
-def _special_tokens(model: Any, model_path: Optional[str]) -> Tuple[Optional[str], Optional[str]]:
-    """The ``bos_token`` and ``eos_token`` strings a chat template may write: from the
-    checkpoint's tokenizer_config.json, else the tokens of the config's ids."""
-    named: Dict[str, Optional[str]] = {}
-    if model_path is not None and os.path.isdir(model_path):
-        from infermode.checkpoints.hf import load_special_tokens
-
-        named = load_special_tokens(model_path)
-    config = model.config
-    bos = named.get("bos_token") or _token_text(model, config.bos_token_id)
-    eos = named.get("eos_token") or _token_text(
-        model, config.eos_token_ids[0] if config.eos_token_ids else None)
-    return bos, eos
-
-
-def _token_text(model: Any, token_id: Optional[int]) -> Optional[str]:
-    return None if token_id is None else model.tokenizer.id_to_token(token_id)
 
 
 def _chat_lines(interactive: bool) -> Iterable[str]:

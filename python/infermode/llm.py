@@ -17,13 +17,15 @@ import queue
 import re
 import threading
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from infermode._ext import _core
 from infermode.checkpoints import gguf
-from infermode.checkpoints.hf import Checkpoint, ModelConfig, load_checkpoint, load_tokenizer
+from infermode.checkpoints._chat import render_chat
+from infermode.checkpoints.hf import (Checkpoint, ModelConfig, load_checkpoint, load_special_tokens,
+                                     load_tokenizer)
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +85,16 @@ class CausalLM:
 
     def __init__(self, checkpoint: Checkpoint, tokenizer: Any = None,
                  chat_template: Optional[str] = None, threads: Optional[int] = None,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32",
+                 special_tokens: Optional[Mapping[str, Optional[str]]] = None) -> None:
         _check_dtype(dtype)
         self._checkpoint = checkpoint
         self.config: ModelConfig = checkpoint.config
         self.tokenizer = tokenizer
         self.chat_template = chat_template
+        #: ``bos_token`` / ``eos_token`` text as the checkpoint names them (what a chat template
+        #: writes), else the text of the config's ids.
+        self.special_tokens = self._special_tokens(special_tokens or {})
         self.threads = _check_threads(threads)
         formats = _matrix_formats(checkpoint, dtype)
         # "auto" is reported as what most matrices became ("q4_1" for the bundled file).
@@ -96,11 +102,7 @@ class CausalLM:
                       if dtype == "auto" and formats else dtype)
         tensors, bfloat16 = _weights_as(checkpoint, dtype)
         quantized = {n: f for n, f in formats.items() if f in QUANTIZED_FORMATS}
-        extra = {}
-        if quantized:
-            _check_core_quantizes()
-            extra["quantized"] = quantized
-        self._model = _core.Decoder(_core_config(checkpoint.config), tensors, bfloat16, **extra)
+        self._model = _core.Decoder(_core_config(checkpoint.config), tensors, bfloat16, quantized)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike, None] = None,
@@ -132,10 +134,58 @@ class CausalLM:
             file = gguf.open_gguf(path)  # parsed once for the weights and the tokenizer
             checkpoint = file.checkpoint()
             tokenizer, template = file.tokenizer()
-            return cls(checkpoint, tokenizer, template, threads, dtype or "auto")
+            return cls(checkpoint, tokenizer, template, threads, dtype or "auto",
+                       file.special_tokens())
         checkpoint = load_checkpoint(path)
         tokenizer, template = load_tokenizer(path)
-        return cls(checkpoint, tokenizer, template, threads, dtype or "float32")
+        return cls(checkpoint, tokenizer, template, threads, dtype or "float32",
+                   load_special_tokens(path))
+
+    # ------------------------------------------------------------------ chat
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
+                            add_generation_prompt: bool = True, tokenize: bool = True,
+                            **extra: Any) -> Union[List[int], str]:
+        """A conversation (dicts with ``role`` and ``content``) rendered with the model's chat
+        template: its token ids (the template writes every special token, so the tokenizer adds
+        none), or with ``tokenize=False`` its text. As in transformers.
+
+            ids = model.apply_chat_template([{"role": "user", "content": "Hi!"}])
+            reply = model.generate(ids, stop=model.chat_stop_ids).texts[0]
+
+        ``extra`` goes to the template as more variables (``tools``, ``documents``, ...).
+        """
+        if not self.chat_template:
+            raise ValueError("this model has no chat template (it is not an instruct/chat "
+                             "model); prompt it with plain text instead")
+        text = render_chat(self.chat_template, messages, add_generation_prompt,
+                           bos_token=self.special_tokens.get("bos_token") or "",
+                           eos_token=self.special_tokens.get("eos_token") or "", **extra)
+        if not tokenize:
+            return text
+        if self.tokenizer is None:
+            raise ValueError("this checkpoint has no tokenizer: use tokenize=False")
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    @property
+    def chat_stop_ids(self) -> List[int]:
+        """Where a chat reply ends: the config's end-of-sequence ids and the template's end of
+        turn (the tokenizer's ``eos_token``; base configs may name only ``<|endoftext|>``)."""
+        ids = list(self.config.eos_token_ids)
+        eos = self.special_tokens.get("eos_token")
+        if eos and self.tokenizer is not None and self.tokenizer.token_to_id(eos) is not None:
+            ids.append(self.tokenizer.token_to_id(eos))
+        return list(dict.fromkeys(ids))
+
+    def _special_tokens(self, named: Mapping[str, Optional[str]]) -> Dict[str, Optional[str]]:
+        def text(token_id: Optional[int]) -> Optional[str]:
+            if token_id is None or self.tokenizer is None:
+                return None
+            return self.tokenizer.id_to_token(token_id)
+
+        eos_ids = self.config.eos_token_ids
+        return {"bos_token": named.get("bos_token") or text(self.config.bos_token_id),
+                "eos_token": named.get("eos_token") or text(eos_ids[0] if eos_ids else None)}
 
     # ------------------------------------------------------------------ forward
 
@@ -245,7 +295,10 @@ class CausalLM:
                 piece = ""
                 if self.tokenizer is not None:
                     text = self.tokenizer.decode(generated[sequence], skip_special_tokens=True)
-                    piece, texts[sequence] = text[len(texts[sequence]):], text
+                    # A byte-level token may end inside a character (decoded as U+FFFD): its
+                    # text comes with the token that completes it.
+                    if not text.endswith("\ufffd"):
+                        piece, texts[sequence] = text[len(texts[sequence]):], text
                 yield StreamedToken(sequence, token, piece)
         finally:
             cancelled.set()
@@ -399,15 +452,6 @@ def _weights_as(checkpoint: Checkpoint, dtype: str) -> Tuple[Dict[str, np.ndarra
         else:
             out[name] = _to_float32(array, stored)
     return out, bfloat16
-
-
-def _check_core_quantizes() -> None:
-    """Quantized matrices need a core built with the quantized kernels (Decoder(quantized=))."""
-    if "quantized" not in (_core.Decoder.__init__.__doc__ or ""):
-        raise RuntimeError(
-            "this build of infermode's core has no quantized matrix kernels "
-            "(_core.Decoder takes no quantized=); load with dtype='float32' or 'bfloat16', or "
-            "rebuild infermode from a newer source (bash scripts/setup)")
 
 
 def _to_float32(array: np.ndarray, stored: str) -> np.ndarray:

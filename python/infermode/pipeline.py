@@ -56,7 +56,8 @@ class InferenceConfig:
     :meth:`CausalLM.generate`. Setting ``layers_to_extract`` without ``extract_activations`` is an
     error (rather than a long run that writes nothing). ``backend="ray"`` (many processes or
     machines, ``workers`` of them) is not available yet; ``"local"`` runs in this process with
-    ``threads`` threads.
+    ``threads`` threads. ``dtype``: as :meth:`CausalLM.from_pretrained` takes it (None: float32
+    for a Hugging Face directory, as stored for a GGUF file).
 
         cfg = InferenceConfig("models/Qwen2.5-0.5B", batch_size=4, max_new_tokens=32)
         dataclasses.replace(cfg, batch_size=16)          # validated again
@@ -76,7 +77,7 @@ class InferenceConfig:
     seed: Optional[int] = None
     capture_positions: str = "generated"
     threads: Optional[int] = None
-    dtype: str = "float32"
+    dtype: Optional[str] = None
 
     def __post_init__(self) -> None:
         # Frozen, so normalised values are stored with object.__setattr__.
@@ -144,7 +145,7 @@ class InferenceConfig:
             raise ValueError(f"threads must be None (all physical cores) or an int >= 1, got "
                              f"{self.threads!r}")
         store("threads", None if self.threads is None else int(self.threads))
-        if self.dtype not in SUPPORTED_DTYPES:
+        if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not supported; supported: "
                              f"{', '.join(SUPPORTED_DTYPES)}")
 

