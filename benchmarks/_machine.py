@@ -1,9 +1,13 @@
 """What a benchmark's JSON records about the machine it ran on (shared by the scripts here)."""
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import platform
-from typing import Any, Dict
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -24,3 +28,21 @@ def machine_info(threads: int, **extra: Any) -> Dict[str, Any]:
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
         "loadavg_at_start": list(os.getloadavg()), **extra,
     }
+
+
+def write_report(out: Path, stem: str, benchmark: str, machine: Dict[str, Any],
+                 argv: Optional[List[str]], **fields: Any) -> Path:
+    """Writes <out>/<stem>.json: the benchmark's name, the date, the command that ran it, the
+    machine, then the caller's `fields`; returns its path.
+
+        write_report(Path("benchmarks/results"), "decode-quick", "decode", machine, argv,
+                     settings={...}, results=[...])
+    """
+    command = [Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])
+    report = {"benchmark": benchmark,
+              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(command), "machine": machine, **fields}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    path.write_text(json.dumps(report, indent=1))
+    return path
