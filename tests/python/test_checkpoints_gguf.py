@@ -612,7 +612,9 @@ def test_from_pretrained_checks_dtype_before_reading(tmp_path):
 def test_chat_template_and_stop_ids_of_the_bundled_model(bundled_model):
     messages = [{"role": "user", "content": "Hi"}]
     text = bundled_model.apply_chat_template(messages, tokenize=False)
-    assert text == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    # SmolLM2's template adds its default system message when the conversation has none.
+    assert text.startswith("<|im_start|>system\n")
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     ids = bundled_model.apply_chat_template(messages)
     assert ids == bundled_model.tokenizer.encode(text, add_special_tokens=False).ids
     assert bundled_model.tokenizer.decode(ids, skip_special_tokens=False) == text
