@@ -10,10 +10,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "core/thread_pool.h"
 #include "kernels/avx2/avx2.h"
-#include "kernels/quant_activations.h"
-#include "kernels/quant_pack.h"
+#include "kernels/quant_driver.h"
 
 namespace infermode::avx2 {
 namespace {
@@ -66,16 +64,9 @@ void quantize_row(const float* x, const QuantizedRows& out, int64_t row) {
   }
 }
 
-struct TileArgs {
-  const PackedMatrix& w;
-  const QuantizedRows& x;
-  float* c;
-  int64_t ldc;
-};
-
 // c[t0 + t, 16 g + 8 h + lane] for t < T and both halves h of group g.
 template <QuantFormat F, int T>
-void tile(const TileArgs& p, int64_t g, int64_t t0) {
+void tile(const QuantTile& p, int64_t g, int64_t t0) {
   const PackedMatrix& w = p.w;
   const QuantizedRows& x = p.x;
   const int64_t nb = w.blocks();
@@ -152,35 +143,24 @@ void tile(const TileArgs& p, int64_t g, int64_t t0) {
   }
 }
 
-template <QuantFormat F>
-void run(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s, void* work,
-         int ith, int nth) {
-  const QuantizedRows x = quantized_rows(work, s.m, w.cols());
-  const Range mine = split_range(s.m, ith, nth);
-  for (int64_t i = mine.begin; i < mine.end; ++i) quantize_row(a + i * s.lda, x, i);
-  if (nth > 1) barrier();
-  const TileArgs p{w, x, c, s.ldc};
-  const Range groups = split_range(w.groups(), ith, nth);
-  const int64_t chunk = std::max<int64_t>(1, int64_t(256 * 1024 / w.group_bytes()));
-  for (int64_t c0 = groups.begin; c0 < groups.end; c0 += chunk) {
-    const int64_t c1 = std::min(groups.end, c0 + chunk);
-    for (int64_t t0 = 0; t0 < s.m; t0 += 2)
-      for (int64_t g = c0; g < c1; ++g) {
-        if (s.m - t0 >= 2) tile<F, 2>(p, g, t0);
-        else tile<F, 1>(p, g, t0);
-      }
+struct Avx2 {
+  static constexpr int64_t kRows = 2;
+  static int64_t group_step(int64_t) { return 1; }
+  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat) {
+    avx2::quantize_row(x, out, row);  // Q8_0 takes signed codes too (vpsignb, not a bias)
   }
-}
+  template <QuantFormat F>
+  static void tiles(const QuantTile& p, int64_t g, int64_t t0, int64_t rows, int64_t) {
+    if (rows >= 2) return tile<F, 2>(p, g, t0);
+    tile<F, 1>(p, g, t0);
+  }
+};
 
 }  // namespace
 
 void matmul_quant(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s,
                   void* work, int ith, int nth) {
-  switch (w.format()) {
-    case QuantFormat::q8_0: return run<QuantFormat::q8_0>(a, w, c, s, work, ith, nth);
-    case QuantFormat::q4_0: return run<QuantFormat::q4_0>(a, w, c, s, work, ith, nth);
-    case QuantFormat::q4_1: return run<QuantFormat::q4_1>(a, w, c, s, work, ith, nth);
-  }
+  matmul_quant_with<Avx2>(a, w, c, s, work, ith, nth);
 }
 
 }  // namespace infermode::avx2

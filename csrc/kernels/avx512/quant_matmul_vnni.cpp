@@ -9,10 +9,8 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/thread_pool.h"
 #include "kernels/avx512/avx512.h"
-#include "kernels/quant_activations.h"
-#include "kernels/quant_pack.h"
+#include "kernels/quant_driver.h"
 
 namespace infermode::avx512 {
 namespace {
@@ -49,16 +47,9 @@ void quantize_row(const float* x, const QuantizedRows& out, int64_t row, bool bi
   }
 }
 
-struct TileArgs {
-  const PackedMatrix& w;
-  const QuantizedRows& x;
-  float* c;
-  int64_t ldc;
-};
-
 // c[t0 + t, 16 (g0 + g) + lane] for t < T, g < G: T rows of activations against G row groups.
 template <QuantFormat F, int T, int G>
-void tile(const TileArgs& p, int64_t g0, int64_t t0) {
+void tile(const QuantTile& p, int64_t g0, int64_t t0) {
   const PackedMatrix& w = p.w;
   const QuantizedRows& x = p.x;
   const int64_t nb = w.blocks();
@@ -136,7 +127,7 @@ void tile(const TileArgs& p, int64_t g0, int64_t t0) {
 }
 
 template <QuantFormat F, int T>
-void tile_g(const TileArgs& p, int64_t g0, int64_t t0, int64_t groups) {
+void tile_g(const QuantTile& p, int64_t g0, int64_t t0, int64_t groups) {
   if constexpr (T == 1) {
     if (groups >= 4) return tile<F, 1, 4>(p, g0, t0);
     if (groups == 3) return tile<F, 1, 3>(p, g0, t0);
@@ -145,46 +136,28 @@ void tile_g(const TileArgs& p, int64_t g0, int64_t t0, int64_t groups) {
   tile<F, T, 1>(p, g0, t0);
 }
 
-template <QuantFormat F>
-void tile_tg(const TileArgs& p, int64_t g0, int64_t t0, int64_t tokens, int64_t groups) {
-  switch (std::min<int64_t>(tokens, 4)) {
-    case 4: return tile_g<F, 4>(p, g0, t0, groups);
-    case 3: return tile_g<F, 3>(p, g0, t0, groups);
-    case 2: return tile_g<F, 2>(p, g0, t0, groups);
-    default: return tile_g<F, 1>(p, g0, t0, groups);
+struct Avx512Vnni {
+  static constexpr int64_t kRows = 4;
+  static int64_t group_step(int64_t m) { return m == 1 ? 4 : 2; }  // decode: 4 groups per load
+  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat f) {
+    avx512::quantize_row(x, out, row, f == QuantFormat::q8_0);
   }
-}
-
-template <QuantFormat F>
-void run(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s, void* work,
-         int ith, int nth) {
-  const QuantizedRows x = quantized_rows(work, s.m, w.cols());
-  const Range mine = split_range(s.m, ith, nth);
-  for (int64_t i = mine.begin; i < mine.end; ++i)
-    quantize_row(a + i * s.lda, x, i, F == QuantFormat::q8_0);
-  if (nth > 1) barrier();
-  const TileArgs p{w, x, c, s.ldc};
-  const Range groups = split_range(w.groups(), ith, nth);
-  const int64_t step = s.m == 1 ? 4 : 2;
-  // Row groups in chunks whose weights stay in L2 while every row of activations passes.
-  const int64_t chunk = std::max<int64_t>(step, int64_t(256 * 1024 / w.group_bytes()) / step * step);
-  for (int64_t c0 = groups.begin; c0 < groups.end; c0 += chunk) {
-    const int64_t c1 = std::min(groups.end, c0 + chunk);
-    for (int64_t t0 = 0; t0 < s.m; t0 += 4)
-      for (int64_t g0 = c0; g0 < c1; g0 += step)
-        tile_tg<F>(p, g0, t0, s.m - t0, std::min(step, c1 - g0));
+  template <QuantFormat F>
+  static void tiles(const QuantTile& p, int64_t g0, int64_t t0, int64_t rows, int64_t groups) {
+    switch (std::min<int64_t>(rows, kRows)) {
+      case 4: return tile_g<F, 4>(p, g0, t0, groups);
+      case 3: return tile_g<F, 3>(p, g0, t0, groups);
+      case 2: return tile_g<F, 2>(p, g0, t0, groups);
+      default: return tile_g<F, 1>(p, g0, t0, groups);
+    }
   }
-}
+};
 
 }  // namespace
 
 void matmul_quant_vnni(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s,
                        void* work, int ith, int nth) {
-  switch (w.format()) {
-    case QuantFormat::q8_0: return run<QuantFormat::q8_0>(a, w, c, s, work, ith, nth);
-    case QuantFormat::q4_0: return run<QuantFormat::q4_0>(a, w, c, s, work, ith, nth);
-    case QuantFormat::q4_1: return run<QuantFormat::q4_1>(a, w, c, s, work, ith, nth);
-  }
+  matmul_quant_with<Avx512Vnni>(a, w, c, s, work, ith, nth);
 }
 
 }  // namespace infermode::avx512
