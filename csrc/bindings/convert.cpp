@@ -44,6 +44,19 @@ Tensor borrow_array(const py::array& arr, const char* name, bool writable, bool 
   return Tensor::borrow(const_cast<void*>(arr.data()), dt, shape, strides);
 }
 
+QuantView borrow_blocks(const py::array& arr, QuantFormat format, const std::string& what) {
+  const int64_t bytes = int64_t(quant_block_bytes(format));
+  IM_CHECK_TYPE(py::isinstance<py::array_t<uint8_t>>(arr), "{} must be a uint8 array of {} "
+                "blocks, got dtype {}", what, quant_format_name(format),
+                py::str(arr.dtype()).cast<std::string>());
+  IM_CHECK(arr.ndim() == 2 && arr.shape(1) > 0 && arr.shape(1) % bytes == 0,
+           "{} must be 2-d (rows, blocks per row * {} bytes) for {}, got shape {}", what, bytes,
+           quant_format_name(format),
+           py::str(arr.attr("shape")).cast<std::string>());
+  IM_CHECK(arr.flags() & py::array::c_style, "{} is not C-contiguous", what);
+  return QuantView{format, arr.data(), arr.shape(0), arr.shape(1) / bytes * kQuantBlock};
+}
+
 py::array_t<float> new_float_array(const Shape& shape, Tensor& view) {
   std::vector<py::ssize_t> dims(shape.d, shape.d + shape.ndim);
   py::array_t<float> arr(dims);

@@ -4,6 +4,9 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "core/quant_blocks.h"
 #include "core/tensor.h"
 
 namespace infermode::bindings {
@@ -14,6 +17,10 @@ namespace py = pybind11;
 // `bfloat16`: the array holds bfloat16 bit patterns as uint16 (NumPy has no bfloat16).
 Tensor borrow_array(const py::array& arr, const char* name, bool writable = false,
                     bool bfloat16 = false);
+
+// GGUF blocks of `format` held in a C-contiguous uint8 array (rows, blocks per row * block bytes),
+// borrowed. `what` names the argument in errors.
+QuantView borrow_blocks(const py::array& arr, QuantFormat format, const std::string& what);
 
 // A new float32 NumPy array (owning its memory) of the given shape, borrowed as a Tensor.
 py::array_t<float> new_float_array(const Shape& shape, Tensor& view);

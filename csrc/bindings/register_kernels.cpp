@@ -15,22 +15,6 @@
 namespace py = pybind11;
 
 namespace infermode::bindings {
-namespace {
-
-// The GGUF blocks of a (rows, cols) matrix: a C-contiguous uint8 (rows, cols / 32 * block bytes)
-// array.
-QuantView blocks_view(const py::array& blocks, QuantFormat format) {
-  const int64_t bytes = int64_t(quant_block_bytes(format));
-  IM_CHECK_TYPE(py::isinstance<py::array_t<uint8_t>>(blocks),
-                "blocks must be a uint8 array of {} blocks", quant_format_name(format));
-  IM_CHECK(blocks.ndim() == 2 && blocks.shape(1) % bytes == 0 && blocks.shape(1) > 0,
-           "blocks must be 2-d (rows, blocks per row * {} bytes) for {}", bytes,
-           quant_format_name(format));
-  IM_CHECK(blocks.flags() & py::array::c_style, "blocks must be C-contiguous");
-  return QuantView{format, blocks.data(), blocks.shape(0), blocks.shape(1) / bytes * kQuantBlock};
-}
-
-}  // namespace
 
 void register_kernels(py::module_& m) {
   m.def(
@@ -90,7 +74,7 @@ void register_kernels(py::module_& m) {
   m.def(
       "dequantize",
       [](const py::array& blocks, const std::string& format) {
-        const QuantView v = blocks_view(blocks, parse_quant_format(format));
+        const QuantView v = borrow_blocks(blocks, parse_quant_format(format), "blocks");
         py::array_t<float> out({v.rows, v.cols});
         float* dst = out.mutable_data();
         py::gil_scoped_release release;
@@ -103,7 +87,7 @@ void register_kernels(py::module_& m) {
                            "A GGUF-quantized weight (rows = output features) repacked for the "
                            "integer kernels.")
       .def(py::init([](const py::array& blocks, const std::string& format) {
-             const QuantView v = blocks_view(blocks, parse_quant_format(format));
+             const QuantView v = borrow_blocks(blocks, parse_quant_format(format), "blocks");
              py::gil_scoped_release release;
              return pack_blocks(v.format, v.blocks, v.rows, v.cols);
            }),

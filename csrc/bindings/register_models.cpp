@@ -77,20 +77,6 @@ py::array quantized_blocks(const py::array& arr, QuantFormat format, const std::
   return out;
 }
 
-QuantView quant_view(const py::array& arr, QuantFormat format, const std::string& name) {
-  const int64_t block = int64_t(quant_block_bytes(format));
-  IM_CHECK_TYPE(py::isinstance<py::array_t<uint8_t>>(arr),
-                "quantized tensor '{}' must be a uint8 array of {} blocks or a float32 matrix, "
-                "got dtype {}", name, quant_format_name(format),
-                py::str(arr.dtype()).cast<std::string>());
-  IM_CHECK(arr.ndim() == 2 && arr.shape(1) % block == 0,
-           "quantized tensor '{}' must be 2-d (rows, blocks * {} bytes) for {}, got shape {}",
-           name, block, quant_format_name(format), py::str(py::tuple(py::cast(
-               std::vector<py::ssize_t>(arr.shape(), arr.shape() + arr.ndim())))).cast<std::string>());
-  IM_CHECK(arr.flags() & py::array::c_style, "quantized tensor '{}' is not C-contiguous", name);
-  return QuantView{format, arr.data(), arr.shape(0), arr.shape(1) / block * kQuantBlock};
-}
-
 // The model plus the NumPy arrays it borrows, kept alive as long as it is.
 struct PyDecoder {
   std::unique_ptr<Decoder> model;
@@ -141,7 +127,9 @@ void register_models(py::module_& m) {
                  const QuantFormat format =
                      parse_quant_format(quantized[item.first].cast<std::string>());
                  arr = quantized_blocks(arr, format, name);
-                 blocks[name] = quant_view(arr, format, name);
+                 blocks[name] = borrow_blocks(
+                     arr, format,
+                     fmt::format("quantized tensor '{}' (or a float32 matrix to quantize)", name));
                } else {
                  const bool bf16 =
                      std::find(bfloat16.begin(), bfloat16.end(), name) != bfloat16.end();

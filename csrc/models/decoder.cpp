@@ -9,7 +9,6 @@
 #include "kernels/add.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
-#include "kernels/matmul.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
