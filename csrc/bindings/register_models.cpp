@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "kernels/quant_pack.h"
 #include "models/decoder.h"
+#include "models/lora.h"
 #include "runtime/activation_taps.h"
 #include "runtime/generator.h"
 
@@ -82,6 +83,24 @@ struct PyDecoder {
   std::unique_ptr<Decoder> model;
   py::dict arrays;
 };
+
+// A LoRA adapter (it owns copies of its factors) and the model it was checked against.
+struct PyLoraAdapter {
+  std::unique_ptr<LoraAdapter> adapter;
+  const Decoder* model;
+};
+
+// The adapter to pass to the core for a call on `self`: null for None.
+const LoraAdapter* adapter_for(const PyDecoder& self, const py::object& adapter) {
+  if (adapter.is_none()) return nullptr;
+  IM_CHECK_TYPE(py::isinstance<PyLoraAdapter>(adapter),
+                "adapter must be a LoraAdapter or None, got {}",
+                py::str(py::type::of(adapter).attr("__name__")).cast<std::string>());
+  const PyLoraAdapter& a = adapter.cast<const PyLoraAdapter&>();
+  IM_CHECK(a.model == self.model.get(),
+           "this LoRA adapter was built for another Decoder; build it for this one");
+  return a.adapter.get();
+}
 
 std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
                                                const std::vector<std::vector<int32_t>>& prompts,
@@ -154,7 +173,9 @@ void register_models(py::module_& m) {
            "gate/up quantized alike are packed as one matrix each (False: kept apart).")
       .def(
           "forward",
-          [](PyDecoder& self, const py::array& ids, int threads, bool last_only) {
+          [](PyDecoder& self, const py::array& ids, int threads, bool last_only,
+             const py::object& adapter) {
+            const LoraAdapter* lora = adapter_for(self, adapter);
             Tensor it = borrow_array(ids, "input_ids");
             IM_CHECK_TYPE(it.dtype() == DType::i32, "input_ids must be int32, got {}",
                           dtype_name(it.dtype()));
@@ -179,20 +200,22 @@ void register_models(py::module_& m) {
               for (int64_t b = 0; b < batch; ++b)
                 for (int64_t t = tokens - kept; t < tokens; ++t) rows.push_back(b * tokens + t);
               self.model->forward(static_cast<const int32_t*>(it.raw()), segments, cache, rows,
-                                  lp, nullptr, threads);
+                                  lp, nullptr, threads, lora);
             }
             return logits;
           },
-          py::arg("input_ids"), py::arg("threads") = 0, py::arg("last_only") = false)
+          py::arg("input_ids"), py::arg("threads") = 0, py::arg("last_only") = false,
+          py::arg("adapter") = py::none())
       .def(
           "generate",
           [](PyDecoder& self, const std::vector<std::vector<int32_t>>& prompts,
              int64_t max_new_tokens, float temperature, int64_t top_k, float top_p,
              uint64_t seed, uint64_t first_stream, const std::vector<int32_t>& stop_ids,
              const std::vector<int>& capture_points, const std::string& capture_positions,
-             int threads, const py::object& on_token) {
+             int threads, const py::object& on_token, const py::object& adapter) {
             const DecoderConfig& c = self.model->config();
             GenerateOptions options;
+            options.lora = adapter_for(self, adapter);
             options.max_new_tokens = max_new_tokens;
             options.sampling = SamplingParams{temperature, top_k, top_p};
             options.seed = seed;
@@ -234,9 +257,44 @@ void register_models(py::module_& m) {
           py::arg("stop_ids") = std::vector<int32_t>{},
           py::arg("capture_points") = std::vector<int>{},
           py::arg("capture_positions") = "generated", py::arg("threads") = 0,
-          py::arg("on_token") = py::none())
+          py::arg("on_token") = py::none(), py::arg("adapter") = py::none())
       .def_property_readonly("num_layers",
                              [](const PyDecoder& self) { return self.model->config().layers; });
+
+  py::class_<PyLoraAdapter>(m, "LoraAdapter")
+      .def(py::init([](const PyDecoder& model, const py::dict& updates, const py::dict& biases) {
+             std::map<std::string, LoraFactors> factors;
+             std::map<std::string, Tensor> bias_views;
+             py::list keep;  // the arrays borrowed until the adapter has copied them
+             for (auto item : updates) {
+               const std::string name = item.first.cast<std::string>();
+               py::tuple t = item.second.cast<py::tuple>();
+               IM_CHECK(t.size() == 3, "updates['{}'] must be (A, B, scale)", name);
+               const std::string a_name = name + " lora_A", b_name = name + " lora_B";
+               py::array a = t[0].cast<py::array>(), b = t[1].cast<py::array>();
+               keep.append(a);
+               keep.append(b);
+               factors[name] = LoraFactors{borrow_array(a, a_name.c_str()),
+                                           borrow_array(b, b_name.c_str()), t[2].cast<float>()};
+             }
+             for (auto item : biases) {
+               const std::string name = item.first.cast<std::string>();
+               py::array arr = item.second.cast<py::array>();
+               keep.append(arr);
+               bias_views[name] = borrow_array(arr, name.c_str());
+             }
+             auto self = std::make_unique<PyLoraAdapter>();
+             self->model = model.model.get();
+             self->adapter =
+                 std::make_unique<LoraAdapter>(model.model->config(), factors, bias_views);
+             return self;
+           }),
+           py::arg("model"), py::arg("updates"), py::arg("biases") = py::dict(),
+           "A LoRA adapter for `model` (a Decoder), applied per call (forward/generate's\n"
+           "adapter=). updates: {weight name: (A float32 (r, in), B float32 (out, r), scale)};\n"
+           "biases: {q/k/v bias name: float32 replacement}. The arrays are copied.")
+      .def_property_readonly("bytes",
+                             [](const PyLoraAdapter& self) { return self.adapter->bytes(); });
 }
 
 }  // namespace infermode::bindings

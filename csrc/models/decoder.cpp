@@ -12,9 +12,12 @@
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "models/lora.h"
 
 namespace infermode {
 namespace {
+
+const LayerLora kNoLora;  // what a block without an adapter adds: nothing
 
 std::string layer_name(int64_t i, const char* rest) {
   return fmt::format("model.layers.{}.{}", i, rest);
@@ -179,8 +182,11 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
 
 void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, KvCache& cache,
                       const std::vector<int64_t>& logit_rows, float* logits,
-                      HiddenStateSink* sink, int threads) const {
+                      HiddenStateSink* sink, int threads, const LoraAdapter* lora) const {
   const DecoderConfig& c = config_;
+  IM_CHECK(!lora || lora->layers() == c.layers,
+           "forward: the LoRA adapter was built for {} blocks, the model has {}",
+           lora ? lora->layers() : 0, c.layers);
   int64_t rows = 0;
   for (const Segment& s : segments) {
     IM_CHECK(s.row == rows && s.n > 0, "forward: segments must be non-empty and consecutive");
@@ -239,6 +245,7 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
 
   for (int64_t l = 0; l < c.layers; ++l) {
     const LayerWeights& w = weights_.layers[l];
+    const LayerLora& ll = lora ? lora->layer(l) : kNoLora;
     // Attention: x += o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x))))
     rms_norm(x, w.input_norm, c.rms_norm_eps, h, threads);
     if (w.qkv.packed) {
@@ -249,10 +256,13 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
       linear(h, w.k, k, threads);
       linear(h, w.v, v, threads);
     }
+    add_lora(h, ll.q, q, threads);
+    add_lora(h, ll.k, k, threads);
+    add_lora(h, ll.v, v, threads);
     if (c.attention_bias) {
-      add(w.q_bias, q, threads);
-      add(w.k_bias, k, threads);
-      add(w.v_bias, v, threads);
+      add(ll.q_bias.defined() ? ll.q_bias : w.q_bias, q, threads);
+      add(ll.k_bias.defined() ? ll.k_bias : w.k_bias, k, threads);
+      add(ll.v_bias.defined() ? ll.v_bias : w.v_bias, v, threads);
     }
     rope(q3, cos, sin, threads);
     rope(k3, cos, sin, threads);
@@ -264,6 +274,7 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
                 s.pos, scale, out, threads);
     }
     linear(attn2, w.o, proj, threads);
+    add_lora(attn2, ll.o, proj, threads);
     add(proj, x, threads);
     // MLP: x += down(silu(gate(norm(x))) * up(norm(x)))
     rms_norm(x, w.post_norm, c.rms_norm_eps, h, threads);
@@ -274,8 +285,11 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
       linear(h, w.gate, gate, threads);
       linear(h, w.up, up, threads);
     }
+    add_lora(h, ll.gate, gate, threads);
+    add_lora(h, ll.up, up, threads);
     swiglu(gate, up, gate, threads);
     linear(gate, w.down, proj, threads);
+    add_lora(gate, ll.down, proj, threads);
     add(proj, x, threads);
     if (sink && sink->wants(int(l) + 1))
       sink->write(int(l) + 1, x.data<float>(), hidden, segments.data(), segments.size());
@@ -293,6 +307,7 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
                 size_t(hidden) * sizeof(float));
   Tensor out = Tensor::borrow(logits, DType::f32, {n_logits, c.vocab_size});
   linear(picked, weights_.lm_head, out, threads);
+  if (lora) add_lora(picked, lora->lm_head(), out, threads);
 }
 
 }  // namespace infermode

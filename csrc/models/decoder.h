@@ -18,6 +18,8 @@
 
 namespace infermode {
 
+class LoraAdapter;
+
 struct DecoderConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -69,9 +71,10 @@ class Decoder {
   // One forward pass over the concatenated tokens of `segments` (ids: int32, one per row). Writes
   // each segment's keys and values into `cache` at its positions and attends over the cache.
   // Logits (float32 (logit_rows.size(), vocab)) are computed for the listed rows only.
+  // `lora`: an adapter (built for this config) applied on top of the base weights, or null.
   void forward(const int32_t* ids, const std::vector<Segment>& segments, KvCache& cache,
                const std::vector<int64_t>& logit_rows, float* logits, HiddenStateSink* sink,
-               int threads) const;
+               int threads, const LoraAdapter* lora = nullptr) const;
 
  private:
   DecoderConfig config_;

@@ -59,7 +59,7 @@ std::vector<std::vector<int32_t>> generate(const Decoder& model,
     if (should_stop && should_stop()) throw Interrupted("generation interrupted");
     const int64_t n = int64_t(prompts[b].size());
     model.forward(prompts[b].data(), {Segment{b, 0, n, 0}}, cache, {n - 1}, lp, sink,
-                  options.threads);
+                  options.threads, options.lora);
     emit(b, lp);
   }
   // Decode: the unfinished sequences, one new token each per step, in one forward pass.
@@ -82,7 +82,8 @@ std::vector<std::vector<int32_t>> generate(const Decoder& model,
     }
     if (ids.empty()) break;
     if (should_stop && should_stop()) throw Interrupted("generation interrupted");
-    model.forward(ids.data(), segments, cache, rows, lp, sink, options.threads);
+    model.forward(ids.data(), segments, cache, rows, lp, sink, options.threads,
+                  options.lora);
     for (size_t i = 0; i < owners.size(); ++i) emit(owners[i], lp + int64_t(i) * c.vocab_size);
   }
   return out;

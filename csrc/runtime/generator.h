@@ -21,6 +21,7 @@ struct GenerateOptions {
   uint64_t first_stream = 0;
   std::vector<int32_t> stop_ids;  // a sequence ends after emitting one of these
   int threads = 0;
+  const LoraAdapter* lora = nullptr;  // applied on top of the base weights at every step
 };
 
 // Returns true when generation must stop now; the generator then throws Interrupted.
