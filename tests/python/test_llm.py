@@ -16,7 +16,7 @@ import torch
 import transformers
 
 import infermode as im
-from infermode.llm import CausalLM, _weights_as
+from infermode.llm import CausalLM, _matrix_formats, _weights_as
 
 LOGITS_ATOL = 1e-4
 # Larger than transformers' default init, so random models give varied tokens and clear argmaxes.
@@ -302,7 +302,8 @@ def test_bfloat16_checkpoint_loads_without_copies_and_tracks_torch_bf16(checkpoi
     lm = CausalLM.from_pretrained(tmp_path, dtype="auto")
     assert lm.dtype == "bfloat16"
     q = "model.layers.0.self_attn.q_proj.weight"
-    tensors, bfloat16 = _weights_as(lm._checkpoint, "bfloat16")
+    tensors, bfloat16 = _weights_as(lm._checkpoint, _matrix_formats(lm._checkpoint, "bfloat16"),
+                                    {})
     assert q in bfloat16 and tensors[q] is lm._checkpoint.weights[q]  # the file's own view
     ids = np.array([PROMPTS[2]])
     with torch.no_grad():
