@@ -17,15 +17,8 @@ import pytest
 import infermode as im
 from infermode.activations import load_activations
 from infermode.checkpoints._chat import render_chat
+from _tiny_models import save_llama
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>"]
-EOS = 2  # <|im_end|>: the end of a turn and of a sequence
 PROMPT = "w7 w12 w30 w5"
 MAX_NEW = 12
 # A plain terminal: readline then writes no escape sequences around the prompt.
@@ -41,35 +34,9 @@ def infermode(*args, **kwargs):
     return run(sys.executable, "-m", "infermode", *map(str, args), **kwargs)
 
 
-def _save_model(directory, vocab_size, hidden, layers, context, seed, template=CHATML, eos=EOS):
-    """A random Llama checkpoint with a word-level tokenizer: `w{i}` is token i."""
-    import tokenizers
-    import torch
-    import transformers
-    from tokenizers import models, pre_tokenizers
-
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=context, initializer_range=0.3, bos_token_id=1, eos_token_id=eos)
-    transformers.LlamaForCausalLM(config).save_pretrained(directory)
-    words = SPECIAL + [f"w{i}" for i in range(len(SPECIAL), vocab_size)]
-    tokenizer = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
-                                                      "<unk>"))
-    tokenizer.add_special_tokens(SPECIAL)
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    settings = {"eos_token": "<|im_end|>", "bos_token": "<s>"}
-    if template is not None:
-        settings["chat_template"] = template
-    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
-    return directory
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return _save_model(tmp_path_factory.mktemp("cli_llama"), 96, 64, 3, 256, seed=3)
+    return save_llama(tmp_path_factory.mktemp("cli_llama"), 96, 64, 3, 256, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -296,8 +263,8 @@ def test_ctrl_c_at_the_chat_prompt_exits_cleanly(model_dir):
 
 
 def test_chat_needs_a_chat_template(tmp_path_factory):
-    plain = _save_model(tmp_path_factory.mktemp("no_template"), 40, 32, 1, 64, seed=1,
-                        template=None)
+    plain = save_llama(tmp_path_factory.mktemp("no_template"), 40, 32, 1, 64, seed=1,
+                       template=None)
     result = infermode("chat", "--model", plain, stdin="w5\n")
     _one_line_error(result, plain, "chat template")
 
@@ -368,7 +335,7 @@ def test_a_closed_pipe_ends_generation_quietly(model_dir):
 @pytest.fixture(scope="module")
 def slow_dir(tmp_path_factory):
     """A model with a long context and no end-of-sequence token: only a signal ends it."""
-    return _save_model(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
+    return save_llama(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
 
 
 def test_ctrl_c_during_generation_exits_130(slow_dir):
