@@ -13,7 +13,7 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from infermode.context import inference, inference_context, inference_mode
-from infermode.devices import ModeChoice, select_mode
+from infermode.devices import ModeChoice, choose_device, select_mode
 from infermode.info import cpu_info
 from infermode.llm import CausalLM, GenerationOutput, ModelConfig
 from infermode.pipeline import InferenceConfig, InferencePipeline
@@ -33,6 +33,7 @@ __all__ = [
     "ModelConfig",
     "__version__",
     "activations",
+    "choose_device",
     "cpu_info",
     "inference",
     "inference_context",
