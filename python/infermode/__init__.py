@@ -17,6 +17,7 @@ from infermode.devices import ModeChoice, choose_device, select_mode
 from infermode.info import cpu_info
 from infermode.llm import CausalLM, GenerationOutput, ModelConfig
 from infermode.pipeline import InferenceConfig, InferencePipeline
+from infermode.translate import Translator
 from infermode import activations, ops
 
 try:
@@ -31,6 +32,7 @@ __all__ = [
     "InferencePipeline",
     "ModeChoice",
     "ModelConfig",
+    "Translator",
     "__version__",
     "activations",
     "choose_device",
