@@ -228,12 +228,12 @@ def test_chat_through_a_pipe_prints_one_reply_per_line(model_dir, lm):
 
 
 @contextlib.contextmanager
-def _terminal_chat(model_dir, *flags):
-    """`infermode chat` in a pseudo-terminal, at its first prompt; after the body it must end
-    with exit status 0 and no traceback (the body ends the input)."""
+def _terminal_chat(model_dir, *flags, command="chat"):
+    """`infermode chat` (or another `command`) in a pseudo-terminal, at its first prompt; after
+    the body it must end with exit status 0 and no traceback (the body ends the input)."""
     import pexpect
 
-    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(model_dir),
+    child = pexpect.spawn(sys.executable, ["-m", "infermode", command, "--model", str(model_dir),
                                            *map(str, flags)],
                           env=TERMINAL_ENV, encoding="utf-8", timeout=60)
     try:
@@ -281,6 +281,73 @@ def test_long_chats_drop_the_oldest_exchanges(model_dir, lm):
     assert conversation.messages[0] == {"role": "system", "content": "w4"}
     assert conversation.messages[-1] == {"role": "user", "content": "w50"}
     assert 3 < len(conversation.messages) < 61
+
+
+# ------------------------------------------------------------------------------------- translate
+
+LINES = ["w10 w11 w12", "w40 w41"]
+
+
+@pytest.fixture(scope="module")
+def translator(lm):
+    return im.Translator(lm, max_new_tokens=8)
+
+
+def test_translate_prints_the_translation_alone(model_dir, translator):
+    want = translator.translate(LINES[0])
+    assert want
+    for args, stdin in (([LINES[0]], None), (["-"], LINES[0] + "\n")):
+        result = infermode("translate", *args, "--model", model_dir, "--max-new-tokens", 8,
+                           stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == want + "\n" and result.stderr == ""
+
+
+def test_translate_interactive_through_a_pipe_keeps_the_lines(model_dir, translator):
+    lines = [LINES[0], "", LINES[1]]
+    result = infermode("translate", "--interactive", "--model", model_dir, "--max-new-tokens", 8,
+                       stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == translator.translate_batch(lines) + [""]
+    assert result.stderr == ""
+
+
+def test_translate_in_a_terminal_answers_and_ends_on_eof(model_dir, translator):
+    with _terminal_chat(model_dir, "--interactive", "--max-new-tokens", 8,
+                        command="translate") as child:
+        for line in LINES:
+            child.sendline(line)
+            child.expect_exact(">>> ")
+            assert child.before.replace("\r\n", "\n") == f"{line}\n{translator.translate(line)}\n"
+        child.sendeof()
+
+
+def test_translate_errors_name_the_argument(model_dir, tmp_path):
+    missing = tmp_path / "adapters" / "best_ep1"
+    for command in (["translate", "w5"], ["generate", "w5"], ["chat"]):
+        result = infermode(*command, "--model", model_dir, "--adapter", missing, stdin="w5\n")
+        _one_line_error(result, "--adapter", missing)
+    _one_line_error(infermode("translate", "--model", model_dir), "TEXT", "--interactive")
+    _one_line_error(infermode("translate", "w5", "--model", model_dir, "--device", "cuda"),
+                    "--device cuda", "not available")
+    _one_line_error(infermode("translate", "w5", "--prompt", "{txt}"), "--prompt", "{txt}")
+
+
+def test_adapter_goes_to_from_pretrained(model_dir, lm, tmp_path, monkeypatch, capsys):
+    from infermode import cli
+
+    asked = []
+    monkeypatch.setattr(im.CausalLM, "from_pretrained",
+                        lambda *a, **k: asked.append((a, k)) or lm)
+    model, adapter = str(model_dir), str(tmp_path)
+    assert cli.main(["generate", PROMPT, "--model", model, "--adapter", adapter,
+                     "--max-new-tokens", "4", "--no-stream"]) == 0
+    assert asked[-1] == ((model,), {"threads": None, "adapter": adapter})
+    assert cli.main(["translate", LINES[0], "--model", model, "--adapter", adapter,
+                     "--max-new-tokens", "8"]) == 0
+    assert asked[-1] == ((model,), {"dtype": None, "adapter": adapter, "threads": None})
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == im.Translator(lm, max_new_tokens=8).translate(LINES[0])
 
 
 # ----------------------------------------------------------------------------------------- bench
