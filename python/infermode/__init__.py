@@ -13,10 +13,11 @@ from __future__ import annotations
 from importlib import metadata as _metadata
 
 from infermode.context import inference, inference_context, inference_mode
-from infermode.devices import ModeChoice, select_mode
+from infermode.devices import ModeChoice, choose_device, select_mode
 from infermode.info import cpu_info
 from infermode.llm import CausalLM, GenerationOutput, ModelConfig
 from infermode.pipeline import InferenceConfig, InferencePipeline
+from infermode.translate import Translator
 from infermode import activations, ops
 
 try:
@@ -31,8 +32,10 @@ __all__ = [
     "InferencePipeline",
     "ModeChoice",
     "ModelConfig",
+    "Translator",
     "__version__",
     "activations",
+    "choose_device",
     "cpu_info",
     "inference",
     "inference_context",

@@ -1,9 +1,10 @@
-"""The ``infermode`` command line: ``generate``, ``chat``, ``bench`` and ``info``.
+"""The ``infermode`` command line: ``generate``, ``chat``, ``translate``, ``bench`` and ``info``.
 
     infermode generate "The capital of France is"                  # the bundled model
     infermode generate - --model models/Qwen2.5-0.5B --chat < question.txt
     infermode generate "Hello" --model m/ --capture 3,final_norm --out runs/probe
     printf 'hi\\nbye\\n' | infermode chat --model m/                 # one reply per line
+    infermode translate "Hello!" --adapter adapters/best_ep1 --target French
     infermode bench --model m/ --json
 
 Errors are one line on stderr (``infermode: error: ...``) with exit status 1; ``--debug`` shows
@@ -22,7 +23,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 DEVICE_TYPES = ("cpu", "cuda", "xpu", "mps", "xla")
 #: The exit status of a process ended by SIGINT, as shells report it.
@@ -79,30 +80,41 @@ def _print_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ the model
 
 
-def _load_model(args: argparse.Namespace) -> Any:
-    """The model of ``--model`` (the bundled one without it), with ``--dtype`` and ``--threads``.
+def _load_model(args: argparse.Namespace, load: Optional[Callable[..., Any]] = None) -> Any:
+    """The model of ``--model`` (the bundled one without it), with ``--dtype``, ``--threads``
+    and ``--adapter``: ``load(path, **options)``, by default ``CausalLM.from_pretrained``.
 
     A load error that does not name the file gets its name, so every message says which file
     was wrong.
     """
     from infermode.llm import CausalLM
 
-    path = args.model
+    path, adapter = args.model, getattr(args, "adapter", None)
     if path is not None and not os.path.exists(path):
         raise CliError(f"--model {path}: no such file or directory")
+    if adapter is not None and not os.path.isdir(adapter):
+        raise CliError(f"--adapter {adapter}: no such directory (expected a PEFT adapter "
+                       "directory: adapter_config.json + adapter_model.safetensors)")
     # No --dtype: from_pretrained's own default for the kind of file.
-    options = {"threads": args.threads, **({"dtype": args.dtype} if args.dtype else {})}
+    options = {"threads": args.threads, **({"dtype": args.dtype} if args.dtype else {}),
+               **({"adapter": adapter} if adapter else {})}
     started = time.perf_counter()
     try:
-        model = CausalLM.from_pretrained(path, **options)
+        model = (load or CausalLM.from_pretrained)(path, **options)
+    except CliError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a corrupt file may fail in any library below
+        if adapter is not None and str(adapter) in str(exc):
+            raise
         if path is None:
             raise CliError(f"cannot load the bundled model ({_one_line(exc)}); pass --model "
                            "PATH") from exc
         if str(path) in str(exc):
             raise
         raise CliError(f"cannot load {path}: {_one_line(exc)}") from exc
-    logger.info("loaded %s (%s) in %.2f s", path or "the bundled model", model.dtype,
+    dtype = getattr(model, "dtype", None)
+    logger.info("loaded %s%s%s in %.2f s", path or "the bundled model",
+                f" with the adapter {adapter}" if adapter else "", f" ({dtype})" if dtype else "",
                 time.perf_counter() - started)
     return model
 
@@ -516,6 +528,12 @@ def _model_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _adapter_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="a LoRA adapter directory (PEFT's save_pretrained), merged into "
+                             "the model's weights at load")
+
+
 def _sampling_options(max_new_tokens: int) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--max-new-tokens", type=_at_least(int, 1), metavar="N",
@@ -577,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the pipeline writes; read with infermode.activations.load_activations)")
     gen.add_argument("--overwrite", action="store_true",
                      help="replace activations already in --out")
+    _adapter_option(gen)
     gen.set_defaults(func=_generate)
 
     chat = sub.add_parser("chat", parents=[common, model, _sampling_options(CHAT_TOKENS)],
@@ -586,7 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
                                       "piped: one reply per non-blank input line, nothing else "
                                       "on stdout.")
     chat.add_argument("--system", metavar="TEXT", help="a system message to start with")
+    _adapter_option(chat)
     chat.set_defaults(func=_chat)
+
+    from infermode._cli_translate import add_translate_parser
+
+    add_translate_parser(sub, [common, model], _adapter_option)
 
     bench = sub.add_parser("bench", parents=[common, model],
                            help="prefill and decode tokens/s of a model",

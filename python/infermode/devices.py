@@ -8,14 +8,17 @@ PyTorch offers two ways to run a model without autograd, and neither is right ev
 * ``torch.no_grad()`` works on every device.
 
 :func:`select_mode` picks one for a device and says why. It never imports ``torch_xla`` and never
-touches a device: a ``torch.device("xla")`` is enough to decide.
+touches a device: a ``torch.device("xla")`` is enough to decide. :func:`choose_device` decides
+where a whole model runs for the wrappers (infermode's core on the CPU, PyTorch elsewhere), with
+the MPS policy for tensors over 4 GiB checked from the checkpoint's headers before any allocation.
 """
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,14 @@ MODE_NAMES = ("native", "inference_mode", "no_grad", "none")
 
 # Device types whose PyTorch backends support torch.inference_mode().
 _INFERENCE_MODE_DEVICES = ("cpu", "cuda", "xpu")
+#: The accelerators a model can be placed on, best first (what "auto" and ``device=None`` pick).
+ACCELERATORS = ("cuda", "xpu", "mps")
 _ALIASES = {"tpu": "xla"}
+
+
+class DeviceError(ValueError):
+    """A device that cannot run the model: not one infermode knows, not available here, or not
+    one this model runs on (see :func:`choose_device`)."""
 
 
 @dataclass(frozen=True)
@@ -63,22 +73,31 @@ def _torch() -> Any:
     return torch
 
 
+def _available(torch: Any, kind: str) -> bool:
+    """Whether this PyTorch can run on an accelerator of type ``kind`` here."""
+    backend = getattr(torch.backends if kind == "mps" else torch, kind, None)
+    return backend is not None and bool(backend.is_available())
+
+
 def _best_available(torch: Any) -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        return "xpu"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
+    return next((kind for kind in ACCELERATORS if _available(torch, kind)), "cpu")
 
 
-def largest_tensor_bytes(module: Any) -> int:
-    """Bytes of the largest parameter or buffer of a ``torch.nn.Module`` (0 if it has none)."""
-    sizes = [t.numel() * t.element_size() for t in module.parameters()]
-    sizes += [t.numel() * t.element_size() for t in module.buffers()]
+def largest_tensor_bytes(model: Any, *, adapter: Any = None, dtype: Optional[str] = None) -> int:
+    """Bytes of the largest tensor of a model: the parameters and buffers of a
+    ``torch.nn.Module``, or those that loading a checkpoint (a Hugging Face directory or a
+    ``.gguf`` file, with a PEFT ``adapter`` directory and ``dtype`` as
+    :func:`~infermode.checkpoints._sizes.largest_tensor_bytes` says) into PyTorch would make,
+    read from its headers without loading it. 0 for a module without tensors.
+
+        >>> largest_tensor_bytes("models/Qwen2.5-7B", adapter="adapters/best_ep1")
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from infermode.checkpoints._sizes import largest_tensor_bytes as from_headers
+
+        return from_headers(model, adapter, dtype)
+    sizes = [t.numel() * t.element_size() for t in model.parameters()]
+    sizes += [t.numel() * t.element_size() for t in model.buffers()]
     return max(sizes, default=0)
 
 
@@ -134,13 +153,8 @@ def _torch_choice(torch: Any, kind: str, largest: int) -> ModeChoice:
     if kind == "mps":
         if largest > MPS_MAX_TENSOR_BYTES:
             cpu = _torch_choice(torch, "cpu", 0)
-            return ModeChoice(
-                cpu.name,
-                f"the model's largest tensor is {largest / 1024**3:.2f} GiB, over MPS's 4 GiB "
-                f"limit per tensor (MPS aborts the process on such a tensor): run on the CPU, "
-                f"where {cpu.reason}",
-                "cpu",
-            )
+            return ModeChoice(cpu.name, f"{_too_large(largest)}: run on the CPU, where "
+                              f"{cpu.reason}", "cpu")
         return ModeChoice(
             "no_grad",
             "MPS: torch.no_grad(), since inference tensors are not supported by every MPS op",
@@ -224,19 +238,80 @@ def place_model(model: Any, device: Any = None, *, explicit: bool = False) -> An
         raise ImportError("place_model needs PyTorch: pip install 'infermode[torch]'")
     target = torch.device(device) if device is not None else torch.device(device_type(None))
     if target.type == "mps":
-        largest = largest_tensor_bytes(model)
-        if largest > MPS_MAX_TENSOR_BYTES:
-            size = f"{largest / 1024**3:.2f} GiB"
-            if explicit:
-                logger.warning(
-                    "placing the model on MPS as asked, although its largest tensor is %s: MPS "
-                    "aborts the process on a tensor over 4 GiB", size
-                )
-            else:
-                logger.warning(
-                    "the model's largest tensor is %s, over MPS's 4 GiB limit per tensor (MPS "
-                    "aborts the process on such a tensor): running on the CPU instead; pass the "
-                    "device explicitly to override", size
-                )
+        risk = _mps_risk(largest_tensor_bytes(model), explicit)
+        if risk is not None:
+            logger.warning("%s", risk)
+            if not explicit:
                 target = torch.device("cpu")
     return model.to(target)
+
+
+def _too_large(largest: int) -> str:
+    return (f"the model's largest tensor is {largest / 1024**3:.2f} GiB, over MPS's 4 GiB limit "
+            "per tensor (MPS aborts the process on such a tensor)")
+
+
+def _mps_risk(largest: int, explicit: bool) -> Optional[str]:
+    """None when a largest tensor of ``largest`` bytes fits MPS; otherwise the warning for
+    moving the model to the CPU, or (``explicit``: MPS was asked for by name) for obeying."""
+    if largest <= MPS_MAX_TENSOR_BYTES:
+        return None
+    if explicit:
+        return (f"running on MPS as asked, although {_too_large(largest)}; if it aborts, "
+                "choose the CPU device")
+    return (f"{_too_large(largest)}: running on the CPU instead; ask for the MPS device by name "
+            "to override")
+
+
+def choose_device(requested: str = "auto", largest_bytes: Union[int, Callable[[], int]] = 0,
+                  *, cpu_only: Optional[str] = None) -> ModeChoice:
+    """Where a model runs when infermode's core takes the CPU and PyTorch any other device:
+    ``native`` on the CPU, else the PyTorch mode of the device (see :func:`select_mode`).
+
+    ``requested``: "auto" (the best available device: CUDA, XPU, MPS, then the CPU), "cpu",
+    "cuda", "xpu" or "mps" (an index such as "cuda:1" is allowed). ``largest_bytes``: the
+    model's largest tensor in bytes, or a function that reads it (called only for MPS; see
+    :func:`largest_tensor_bytes`). On MPS a model whose largest tensor is over 4 GiB goes to the
+    CPU with a warning saying why, unless MPS was asked for by name: that is obeyed with a
+    warning of the risk. ``cpu_only``: why this model can run on infermode's core only (a GGUF
+    file, a quantized dtype); "auto" then means the CPU, and another device is an error.
+
+        >>> im.choose_device("auto", lambda: largest_tensor_bytes("models/Qwen2.5-7B"))
+        ModeChoice(name='native', reason="infermode's C++ core runs it ...", device='cpu')
+    """
+    name = requested.strip().lower() if isinstance(requested, str) else requested
+    kind = name.split(":")[0] if isinstance(name, str) else None
+    if kind not in ("auto", "cpu") + ACCELERATORS:
+        raise DeviceError(f"device {requested!r} is not one of auto, cpu, "
+                          f"{', '.join(ACCELERATORS)}")
+    torch = _torch()
+    explicit = kind != "auto"
+    if not explicit:
+        kind = "cpu" if torch is None or cpu_only else _best_available(torch)
+    if kind != "cpu":
+        if cpu_only:
+            raise DeviceError(f"device {requested!r} cannot run this model: {cpu_only}; use "
+                              "device 'cpu' or 'auto'")
+        if torch is None:
+            raise ImportError(f"device {requested!r} runs the model in PyTorch, which is not "
+                              "installed: pip install 'infermode[torch]' transformers peft")
+        if not _available(torch, kind):
+            raise DeviceError(f"device {requested!r} is not available to this PyTorch "
+                              f"({torch.__version__}); use device 'auto' or 'cpu'")
+    risk = None
+    if kind == "mps":
+        risk = _mps_risk(largest_bytes() if callable(largest_bytes) else largest_bytes, explicit)
+        if risk is not None and not explicit:
+            kind = "cpu"
+    if kind == "cpu":
+        choice = select_mode("cpu", native=True)
+        if cpu_only or risk:
+            choice = ModeChoice(choice.name, f"{cpu_only or risk}; {choice.reason}", "cpu")
+    else:
+        choice = _torch_choice(torch, kind, 0)
+        if risk:
+            choice = ModeChoice(choice.name, f"{risk}; {choice.reason}", kind)
+    if risk:
+        logger.warning("%s", risk)
+    logger.info("device for %r: %s", requested, choice)
+    return choice

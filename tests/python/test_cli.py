@@ -17,15 +17,8 @@ import pytest
 import infermode as im
 from infermode.activations import load_activations
 from infermode.checkpoints._chat import render_chat
+from _tiny_models import save_llama
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-SPECIAL = ["<unk>", "<s>", "<|im_end|>", "<|im_start|>"]
-EOS = 2  # <|im_end|>: the end of a turn and of a sequence
 PROMPT = "w7 w12 w30 w5"
 MAX_NEW = 12
 # A plain terminal: readline then writes no escape sequences around the prompt.
@@ -41,35 +34,9 @@ def infermode(*args, **kwargs):
     return run(sys.executable, "-m", "infermode", *map(str, args), **kwargs)
 
 
-def _save_model(directory, vocab_size, hidden, layers, context, seed, template=CHATML, eos=EOS):
-    """A random Llama checkpoint with a word-level tokenizer: `w{i}` is token i."""
-    import tokenizers
-    import torch
-    import transformers
-    from tokenizers import models, pre_tokenizers
-
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=context, initializer_range=0.3, bos_token_id=1, eos_token_id=eos)
-    transformers.LlamaForCausalLM(config).save_pretrained(directory)
-    words = SPECIAL + [f"w{i}" for i in range(len(SPECIAL), vocab_size)]
-    tokenizer = tokenizers.Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
-                                                      "<unk>"))
-    tokenizer.add_special_tokens(SPECIAL)
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(directory / "tokenizer.json"))
-    settings = {"eos_token": "<|im_end|>", "bos_token": "<s>"}
-    if template is not None:
-        settings["chat_template"] = template
-    (directory / "tokenizer_config.json").write_text(json.dumps(settings))
-    return directory
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return _save_model(tmp_path_factory.mktemp("cli_llama"), 96, 64, 3, 256, seed=3)
+    return save_llama(tmp_path_factory.mktemp("cli_llama"), 96, 64, 3, 256, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -261,12 +228,12 @@ def test_chat_through_a_pipe_prints_one_reply_per_line(model_dir, lm):
 
 
 @contextlib.contextmanager
-def _terminal_chat(model_dir, *flags):
-    """`infermode chat` in a pseudo-terminal, at its first prompt; after the body it must end
-    with exit status 0 and no traceback (the body ends the input)."""
+def _terminal_chat(model_dir, *flags, command="chat"):
+    """`infermode chat` (or another `command`) in a pseudo-terminal, at its first prompt; after
+    the body it must end with exit status 0 and no traceback (the body ends the input)."""
     import pexpect
 
-    child = pexpect.spawn(sys.executable, ["-m", "infermode", "chat", "--model", str(model_dir),
+    child = pexpect.spawn(sys.executable, ["-m", "infermode", command, "--model", str(model_dir),
                                            *map(str, flags)],
                           env=TERMINAL_ENV, encoding="utf-8", timeout=60)
     try:
@@ -296,8 +263,8 @@ def test_ctrl_c_at_the_chat_prompt_exits_cleanly(model_dir):
 
 
 def test_chat_needs_a_chat_template(tmp_path_factory):
-    plain = _save_model(tmp_path_factory.mktemp("no_template"), 40, 32, 1, 64, seed=1,
-                        template=None)
+    plain = save_llama(tmp_path_factory.mktemp("no_template"), 40, 32, 1, 64, seed=1,
+                       template=None)
     result = infermode("chat", "--model", plain, stdin="w5\n")
     _one_line_error(result, plain, "chat template")
 
@@ -314,6 +281,73 @@ def test_long_chats_drop_the_oldest_exchanges(model_dir, lm):
     assert conversation.messages[0] == {"role": "system", "content": "w4"}
     assert conversation.messages[-1] == {"role": "user", "content": "w50"}
     assert 3 < len(conversation.messages) < 61
+
+
+# ------------------------------------------------------------------------------------- translate
+
+LINES = ["w10 w11 w12", "w40 w41"]
+
+
+@pytest.fixture(scope="module")
+def translator(lm):
+    return im.Translator(lm, max_new_tokens=8)
+
+
+def test_translate_prints_the_translation_alone(model_dir, translator):
+    want = translator.translate(LINES[0])
+    assert want
+    for args, stdin in (([LINES[0]], None), (["-"], LINES[0] + "\n")):
+        result = infermode("translate", *args, "--model", model_dir, "--max-new-tokens", 8,
+                           stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == want + "\n" and result.stderr == ""
+
+
+def test_translate_interactive_through_a_pipe_keeps_the_lines(model_dir, translator):
+    lines = [LINES[0], "", LINES[1]]
+    result = infermode("translate", "--interactive", "--model", model_dir, "--max-new-tokens", 8,
+                       stdin="\n".join(lines) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n") == translator.translate_batch(lines) + [""]
+    assert result.stderr == ""
+
+
+def test_translate_in_a_terminal_answers_and_ends_on_eof(model_dir, translator):
+    with _terminal_chat(model_dir, "--interactive", "--max-new-tokens", 8,
+                        command="translate") as child:
+        for line in LINES:
+            child.sendline(line)
+            child.expect_exact(">>> ")
+            assert child.before.replace("\r\n", "\n") == f"{line}\n{translator.translate(line)}\n"
+        child.sendeof()
+
+
+def test_translate_errors_name_the_argument(model_dir, tmp_path):
+    missing = tmp_path / "adapters" / "best_ep1"
+    for command in (["translate", "w5"], ["generate", "w5"], ["chat"]):
+        result = infermode(*command, "--model", model_dir, "--adapter", missing, stdin="w5\n")
+        _one_line_error(result, "--adapter", missing)
+    _one_line_error(infermode("translate", "--model", model_dir), "TEXT", "--interactive")
+    _one_line_error(infermode("translate", "w5", "--model", model_dir, "--device", "cuda"),
+                    "--device cuda", "not available")
+    _one_line_error(infermode("translate", "w5", "--prompt", "{txt}"), "--prompt", "{txt}")
+
+
+def test_adapter_goes_to_from_pretrained(model_dir, lm, tmp_path, monkeypatch, capsys):
+    from infermode import cli
+
+    asked = []
+    monkeypatch.setattr(im.CausalLM, "from_pretrained",
+                        lambda *a, **k: asked.append((a, k)) or lm)
+    model, adapter = str(model_dir), str(tmp_path)
+    assert cli.main(["generate", PROMPT, "--model", model, "--adapter", adapter,
+                     "--max-new-tokens", "4", "--no-stream"]) == 0
+    assert asked[-1] == ((model,), {"threads": None, "adapter": adapter})
+    assert cli.main(["translate", LINES[0], "--model", model, "--adapter", adapter,
+                     "--max-new-tokens", "8"]) == 0
+    assert asked[-1] == ((model,), {"dtype": None, "adapter": adapter, "threads": None})
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == im.Translator(lm, max_new_tokens=8).translate(LINES[0])
 
 
 # ----------------------------------------------------------------------------------------- bench
@@ -368,7 +402,7 @@ def test_a_closed_pipe_ends_generation_quietly(model_dir):
 @pytest.fixture(scope="module")
 def slow_dir(tmp_path_factory):
     """A model with a long context and no end-of-sequence token: only a signal ends it."""
-    return _save_model(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
+    return save_llama(tmp_path_factory.mktemp("slow"), 512, 256, 4, 16384, seed=2, eos=None)
 
 
 def test_ctrl_c_during_generation_exits_130(slow_dir):

@@ -6,6 +6,9 @@ import torch
 
 import infermode as im
 from infermode import devices
+from _tiny_models import save_sparse_adapter
+
+GIB = 1024**3
 
 
 @pytest.mark.parametrize(
@@ -125,3 +128,63 @@ def test_place_model_warns_and_keeps_a_huge_model_off_mps(caplog, monkeypatch):
     assert "as asked" in caplog.text
     devices.place_model(Recorder(1), "mps")
     assert moved[-1] == "mps"
+
+
+# ------------------------------------------------------- choose_device: where a whole model runs
+
+
+def test_auto_on_mps_runs_a_model_over_4gib_on_the_cpu(simulated_mps, caplog):
+    with caplog.at_level(logging.INFO, logger="infermode.devices"):
+        choice = im.choose_device("auto", 5 * GIB)
+    assert (choice.name, choice.device) == ("native", "cpu")
+    assert "5.00 GiB" in choice.reason and "over MPS's 4 GiB limit" in choice.reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "running on the CPU instead" in warnings[0]
+
+
+def test_auto_on_mps_keeps_a_model_under_4gib_on_mps(simulated_mps, caplog):
+    with caplog.at_level(logging.WARNING, logger="infermode.devices"):
+        choice = im.choose_device("auto", 4 * GIB)  # the limit itself fits
+    assert (choice.name, choice.device) == ("no_grad", "mps")
+    assert not caplog.records
+
+
+def test_explicit_mps_is_obeyed_with_a_warning_of_the_risk(simulated_mps, caplog):
+    with caplog.at_level(logging.WARNING, logger="infermode.devices"):
+        choice = im.choose_device("mps", 5 * GIB)
+    assert (choice.name, choice.device) == ("no_grad", "mps")
+    assert "as asked" in caplog.text and "aborts the process" in caplog.text
+    assert "as asked" in choice.reason
+
+
+def test_the_largest_tensor_is_read_only_for_mps(simulated_mps, monkeypatch):
+    def unread():
+        raise AssertionError("read the checkpoint for a device other than MPS")
+
+    assert im.choose_device("cpu", unread).device == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert im.choose_device("auto", unread).device == "cpu"
+
+
+def test_device_errors_name_the_device(simulated_mps):
+    with pytest.raises(devices.DeviceError, match="'cuda' is not available"):
+        im.choose_device("cuda")
+    with pytest.raises(devices.DeviceError, match="'gpu' is not one of auto, cpu"):
+        im.choose_device("gpu")
+    gguf = "model.gguf is a GGUF file"
+    assert im.choose_device("auto", cpu_only=gguf).device == "cpu"
+    with pytest.raises(devices.DeviceError, match="'mps' cannot run this model: model.gguf"):
+        im.choose_device("mps", cpu_only=gguf)
+
+
+def test_largest_tensor_bytes_counts_the_adapter(lora_base, lora_adapter, tmp_path):
+    base = devices.largest_tensor_bytes(str(lora_base))
+    assert base == 128 * 64 * 4  # an MLP matrix (intermediate x hidden), float32
+    assert devices.largest_tensor_bytes(str(lora_base), dtype="bfloat16") == base // 2
+    assert devices.largest_tensor_bytes(str(lora_base), adapter=lora_adapter) == base
+    # A retrained embedding for a vocabulary resized to 655,360 words of 2048: 5 GiB.
+    big = save_sparse_adapter(tmp_path / "resized", "base_model.model.model.embed_tokens."
+                              "modules_to_save.default.weight", (655360, 2048))
+    assert devices.largest_tensor_bytes(str(lora_base), adapter=big) == 5 * GIB
+    assert devices.largest_tensor_bytes(str(lora_base), adapter=big, dtype="bfloat16") \
+        == 5 * GIB // 2
