@@ -7,6 +7,7 @@ is a tiny random Llama written by transformers (_tiny_models.save_llama).
 """
 import dataclasses
 import logging
+import shutil
 import subprocess
 import sys
 
@@ -55,9 +56,9 @@ def _config(checkpoint, directory=None, **kwargs):
     return im.InferenceConfig(model_path=str(checkpoint), **kwargs)
 
 
-def _run(config, prompts, **kwargs):
+def _run(config, prompts, progress=False):
     with im.InferencePipeline(config) as pipe:
-        return pipe.generate(prompts, progress=False, **kwargs)
+        return pipe.generate(prompts, progress=progress)
 
 
 def _ray(config, workers=2, **kwargs):
@@ -97,7 +98,7 @@ def test_ray_gives_the_local_results_sampled_tokens_and_activations(checkpoint, 
         sorted(p.name for p in (tmp_path / "local").iterdir())
 
 
-def test_order_is_kept_when_batches_finish_out_of_order(checkpoint, monkeypatch):
+def test_order_is_kept_when_batches_finish_out_of_order(checkpoint, monkeypatch, capsys):
     # Uneven batches (3, 3, 1 prompts of different lengths), and batch 0 made slow: the other
     # worker finishes batches 1 and 2 first.
     monkeypatch.setenv("INFERMODE_TEST_SLEEP_IN_SHARD", "0:1.5")
@@ -113,8 +114,9 @@ def test_order_is_kept_when_batches_finish_out_of_order(checkpoint, monkeypatch)
 
     monkeypatch.setattr(RayBackend, "run", recording_run)
     config = _config(checkpoint, batch_size=3)
-    out = _run(_ray(config), PROMPTS)
+    out = _run(_ray(config), PROMPTS, progress=True)
     assert finished == [1, 2, 0]
+    assert f"{len(PROMPTS)}/{len(PROMPTS)}" in capsys.readouterr().err  # one bar, all workers
     assert [r.index for r in out] == list(range(len(PROMPTS)))
     assert out.results == _run(config, PROMPTS).results
 
@@ -169,6 +171,28 @@ def test_a_batch_that_fails_every_retry_is_reported_and_the_rest_kept(checkpoint
     acts = _assert_same_activations(tmp_path / "ray", tmp_path / "local", skip=[4, 5])
     assert acts.failed_prompts.tolist() == [4, 5]
     assert not acts["final_norm"][[4, 5]].any() and not acts.valid_mask()[[4, 5]].any()
+
+
+def test_an_error_in_a_batch_stops_the_run_and_the_next_run_starts_new_workers(
+        checkpoint, tmp_path, monkeypatch):
+    # activations_dir missing where the workers write: as on a node without the shared file system.
+    directory = tmp_path / "ray"
+    real_call = RayBackend.call
+
+    def call_then_remove_the_directory(self, step, *args):
+        result = real_call(self, step, *args)
+        if step == "start":
+            shutil.rmtree(directory)
+        return result
+
+    with im.InferencePipeline(_ray(_config(checkpoint, directory))) as pipe:
+        with monkeypatch.context() as patch:
+            patch.setattr(RayBackend, "call", call_then_remove_the_directory)
+            with pytest.raises(FileNotFoundError, match=r"ray does not exist on .*shared file "):
+                pipe.generate(PROMPTS, progress=False)
+        assert pipe.is_setup
+        out = pipe.generate(PROMPTS, overwrite=True, progress=False)
+    assert out.results == _run(_config(checkpoint, tmp_path / "local"), PROMPTS).results
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -233,8 +257,9 @@ def test_impossible_settings_raise(kwargs, message):
 
 def test_a_worker_that_cannot_load_the_model_fails_setup(tmp_path):
     pipe = im.InferencePipeline(_ray(_config(tmp_path / "missing")))
-    with pytest.raises((FileNotFoundError, ValueError), match="missing"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist") as caught:
         pipe.setup()
+    assert type(caught.value) is FileNotFoundError, "the worker's error, not Ray's wrapper"
     assert not pipe.is_setup
 
 
