@@ -144,24 +144,30 @@ class RayBackend:
             # A local Ray without the dashboard starts faster; a cluster has its own.
             ray.init(address=address, **({} if address else {"include_dashboard": False}))
             self._owns_ray = True
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
-        self.workers, self.threads, warning = plan_workers(
-            self.config.workers, self.config.threads_per_worker, cpus)
-        if warning:
-            logger.warning(warning)
-        self._start_workers()
+        try:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            cpus = [int(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
+            self.workers, self.threads, warning = plan_workers(
+                self.config.workers, self.config.threads_per_worker, cpus)
+            if warning:
+                logger.warning(warning)
+            self._start_workers()
+        except BaseException:
+            self.close()
+            raise
         return self._has_text
 
-    def _start_workers(self) -> None:
+    def _new_actor(self) -> Any:
         env = {"OMP_NUM_THREADS": str(self.threads), "INFERMODE_NUM_THREADS": str(self.threads)}
         env.update({k: os.environ[k] for k in (EXIT_HOOK, SLEEP_HOOK) if k in os.environ})
         # Restarts are unlimited because loading happens in a task, not in the constructor:
         # a replica that cannot load fails its task max_retries + 1 times and is reported.
-        options = dict(num_cpus=self.threads, max_restarts=-1, max_task_retries=self.retries,
-                       runtime_env={"env_vars": env})
-        actor = _actor_class(self.ray).options(**options)
-        self._actors = [actor.remote(self.config, self.threads) for _ in range(self.workers)]
+        return _actor_class(self.ray).options(
+            num_cpus=self.threads, max_restarts=-1, max_task_retries=self.retries,
+            runtime_env={"env_vars": env}).remote(self.config, self.threads)
+
+    def _start_workers(self) -> None:
+        self._actors = [self._new_actor() for _ in range(self.workers)]
         logger.info("starting %d Ray worker(s) x %d thread(s)", self.workers, self.threads)
         try:
             self._has_text = self._get([a.load.remote() for a in self._actors])[0]
@@ -208,19 +214,27 @@ class RayBackend:
                     running[actor.run.remote(shard, seed)] = (actor, shard)
                 (ref,), _ = ray.wait(list(running), num_returns=1)
                 actor, shard = running.pop(ref)
-                idle.append(actor)
                 try:
                     outcome = self._get(ref)
                 except deaths as exc:
                     first_line = (str(exc).strip().splitlines() or [""])[0][:300]
                     outcome = shard.failed(f"its worker died on each of {self.retries + 1} "
                                            f"attempt(s) ({type(exc).__name__}: {first_line})")
+                    if isinstance(exc, ray.exceptions.ActorDiedError):
+                        actor = self._replace(actor)  # dead for good: it would fail every batch
+                idle.append(actor)
                 done(outcome)
         except BaseException:
             # An error in a batch, or Ctrl-C: stop the other batches now (their partial work
             # would otherwise land in activations_dir later); the next run starts new workers.
             self._kill()
             raise
+
+    def _replace(self, actor: Any) -> Any:
+        self.ray.kill(actor)  # in case Ray still restarts it: its CPUs go to the new one
+        new = self._new_actor()
+        self._actors[self._actors.index(actor)] = new
+        return new
 
     def _kill(self) -> None:
         for actor in self._actors:

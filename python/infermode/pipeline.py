@@ -280,10 +280,10 @@ class Shard:
 
 @dataclass(frozen=True)
 class ShardOutput:
-    """What running a :class:`Shard` gives: its prompts' results, its index entry (None without
-    activations) and the number of tokens it generated."""
+    """What running a :class:`Shard` gives: its number, its prompts' results, its index entry
+    (None without activations) and the number of tokens it generated."""
 
-    number: int
+    shard: int
     results: List[PipelineResult]
     record: Optional[Dict[str, Any]]
     generated: int

@@ -107,7 +107,7 @@ def test_order_is_kept_when_batches_finish_out_of_order(checkpoint, monkeypatch,
 
     def recording_run(self, shards, seed, done):
         def record(outcome):
-            finished.append(outcome.number)
+            finished.append(outcome.shard)
             done(outcome)
 
         return real_run(self, shards, seed, record)
@@ -171,6 +171,34 @@ def test_a_batch_that_fails_every_retry_is_reported_and_the_rest_kept(checkpoint
     acts = _assert_same_activations(tmp_path / "ray", tmp_path / "local", skip=[4, 5])
     assert acts.failed_prompts.tolist() == [4, 5]
     assert not acts["final_norm"][[4, 5]].any() and not acts.valid_mask()[[4, 5]].any()
+
+
+def test_a_worker_lost_for_good_is_replaced(checkpoint, monkeypatch):
+    # Batch 0 is slow; when batch 1 is back, its worker is killed for good (no restart): batch 0
+    # is reported and a new worker takes the remaining batches.
+    monkeypatch.setenv("INFERMODE_TEST_SLEEP_IN_SHARD", "0:3")
+    real_run = RayBackend.run
+    before = []
+
+    def killing_run(self, shards, seed, done):
+        before.extend(self._actors)
+
+        def kill_then_done(outcome):
+            if outcome.shard == 1:
+                ray.kill(self._actors[1])  # the worker that took batch 0 (the first one popped)
+            done(outcome)
+
+        return real_run(self, shards, seed, kill_then_done)
+
+    monkeypatch.setattr(RayBackend, "run", killing_run)
+    with im.InferencePipeline(_ray(_config(checkpoint))) as pipe:
+        out = pipe.generate(PROMPTS, progress=False)
+        after = list(pipe._backend._actors)
+    assert [(f.shard, f.prompt_indexes) for f in out.failed] == [(0, [0, 1])]
+    assert "ActorDiedError" in out.failed[0].error
+    assert after[0] == before[0] and after[1] != before[1]
+    local = _run(_config(checkpoint), PROMPTS)
+    assert out.results[2:] == local.results[2:]
 
 
 def test_an_error_in_a_batch_stops_the_run_and_the_next_run_starts_new_workers(
