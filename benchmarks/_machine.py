@@ -1,6 +1,7 @@
 """What a benchmark's JSON records about the machine it ran on (shared by the scripts here)."""
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -46,3 +47,16 @@ def write_report(out: Path, stem: str, benchmark: str, machine: Dict[str, Any],
     path = out / f"{stem}.json"
     path.write_text(json.dumps(report, indent=1))
     return path
+
+
+def add_report_arguments(parser: argparse.ArgumentParser, quick_help: str,
+                         models: bool = False) -> None:
+    """``--quick`` (a smoke run, reported as <stem>-quick so it never overwrites real results),
+    ``--out`` (the folder for the JSON and the PNG) and, with ``models``, ``--models`` (where the
+    random checkpoints a benchmark builds are cached), as the benchmarks here take them."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+                        help="folder for the JSON and the PNG (default %(default)s)")
+    if models:
+        parser.add_argument("--models", type=Path, default=None,
+                            help="where the random checkpoints are cached (default <out>/models)")

@@ -9,7 +9,7 @@ finishes, ``index.json``; :func:`load_activations` reads them back in prompt ord
 
 Layout of ``activations_dir``::
 
-    shard-00000.safetensors    one per batch, in prompt order
+    shard-00000.safetensors    one per batch, in prompt order (shard k holds batch k)
     shard-00001.safetensors
     index.json                 written last: its presence means the run completed
 
@@ -23,11 +23,18 @@ are zero (a sequence that stopped early, or a shorter prompt with ``capture_posi
 Every file is written to a hidden temporary file in the same directory and renamed over its final
 name (``os.replace`` is atomic on one file system): a run interrupted at any point (an exception,
 Ctrl-C) leaves only whole shards and no ``index.json``; a process killed outright may also leave one
-hidden ``.*.tmp`` file, which no reader looks at. Nothing here pickles.
+hidden ``.*.tmp`` file, which no reader looks at (the run's end, or the next run, removes it).
+
+A distributed run (``backend="ray"``) writes the same files: each worker writes the shards of the
+batches it ran, and the index lists them all. A batch whose worker died on every retry has no
+shard; the index lists it under ``failed`` (its prompt indexes and the error), and
+:func:`load_activations` gives its rows as zeros that ``valid_mask()`` leaves out. Nothing here
+pickles.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -52,6 +59,8 @@ __all__ = [
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "infermode.activations"
 FORMAT_VERSION = 1
@@ -123,11 +132,15 @@ def _umask() -> int:
 
 
 def _index_text(index: Dict[str, Any]) -> str:
-    """The index as JSON a person can read: one key per line, and one line per shard (indented
-    row lists would take one line per number)."""
-    head = json.dumps({k: v for k, v in index.items() if k != "shards"}, indent=1)
-    shards = ",\n  ".join(json.dumps(s, separators=(",", ":")) for s in index["shards"])
-    return f'{head[:-2]},\n "shards": [\n  {shards}\n ]\n}}\n'
+    """The index as JSON a person can read: one key per line, and one line per shard or failed
+    batch (indented row lists would take one line per number)."""
+    lists = ("failed", "shards")
+    head = json.dumps({k: v for k, v in index.items() if k not in lists}, indent=1)
+    tails = []
+    for key in lists:
+        items = ",\n  ".join(json.dumps(s, separators=(",", ":")) for s in index[key])
+        tails.append(f' "{key}": [\n  {items}\n ]' if items else f' "{key}": []')
+    return head[:-2] + ",\n" + ",\n".join(tails) + "\n}\n"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -191,6 +204,17 @@ class ActivationWriter:
     def add_batch(self, prompt_indexes: Sequence[int], prompt_lengths: Sequence[int],
                   token_ids: Sequence[Sequence[int]], activations: Mapping[str, np.ndarray]) -> str:
         """Writes the next shard; returns its file name."""
+        record = self.write_shard(len(self.shards), prompt_indexes, prompt_lengths, token_ids,
+                                  activations)
+        self.shards.append(record)
+        return record["file"]
+
+    def write_shard(self, number: int, prompt_indexes: Sequence[int],
+                    prompt_lengths: Sequence[int], token_ids: Sequence[Sequence[int]],
+                    activations: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+        """Writes shard ``number`` (replacing a whole earlier copy, atomically) and returns its
+        index entry without adding it to ``shards``: workers of a distributed run each write
+        their batches' shards, and the run's driver collects the entries for :meth:`finish`."""
         rows = len(prompt_indexes)
         if not rows == len(prompt_lengths) == len(token_ids):
             raise ValueError(f"add_batch: {rows} prompt indexes, {len(prompt_lengths)} prompt "
@@ -213,29 +237,42 @@ class ActivationWriter:
                 raise ValueError(f"activation {name!r} has shape {array.shape}, expected "
                                  f"[{rows}, steps, hidden]")
             tensors[name] = array
-        name = shard_name(len(self.shards))
+        name = shard_name(number)
         metadata = {"format": FORMAT, "version": str(FORMAT_VERSION),
                     "capture_positions": self.capture_positions}
         _atomic_write(self.directory / name, lambda path: save_file(tensors, path, metadata))
-        self.shards.append({
+        return {
             "file": name,
             "prompt_indexes": [int(i) for i in prompt_indexes],
             "prompt_lengths": [int(n) for n in prompt_lengths],
             "num_generated": [len(t) for t in token_ids],
             "valid_steps": steps,
             "shapes": {n: list(tensors[n].shape) for n in self.capture_names},
-        })
-        return name
+        }
 
-    def finish(self, header: Mapping[str, Any]) -> Path:
-        """Writes ``index.json`` (``header`` merged into it) and returns its path."""
+    def finish(self, header: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = ()) -> Path:
+        """Writes ``index.json`` (``header`` merged into it) over ``shards`` and returns its path.
+
+        ``failed``: the batches that have no shard, each ``{"shard": number, "prompt_indexes":
+        [...], "prompt_lengths": [...], "error": "..."}``; their prompts count in ``num_prompts``.
+        First removes what killed writers left behind: hidden temporaries, and the shard file of a
+        failed batch that an attempt wrote before its worker died, so the directory holds exactly
+        the files the index lists.
+        """
+        failed = [dict(f) for f in failed]
+        for path in previous_run_files(self.directory):
+            if _TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
+        for entry in failed:
+            (self.directory / shard_name(entry["shard"])).unlink(missing_ok=True)
         index = {"format": FORMAT, "version": FORMAT_VERSION, **header,
                  "capture_names": list(self.capture_names),
                  "capture_positions": self.capture_positions,
                  "dtype": "float32",
                  "max_new_tokens": self.max_new_tokens,
-                 "num_prompts": sum(len(s["prompt_indexes"]) for s in self.shards),
+                 "num_prompts": sum(len(s["prompt_indexes"]) for s in [*self.shards, *failed]),
                  "row_tensors": list(ROW_TENSORS),
+                 "failed": failed,
                  "shards": self.shards}
         path = self.directory / INDEX_FILE
         _write_text(path, _index_text(index))
@@ -251,12 +288,15 @@ class Activations(Mapping):
 
     ``steps`` is the longest any shard has; shorter shards are padded with zeros, like the steps of
     a sequence that stopped early. ``valid_mask()`` tells real steps from padding.
+    ``failed_prompts``: the prompts of batches that failed in a distributed run (sorted indexes):
+    their rows are zeros with no valid step.
     """
 
     def __init__(self, arrays: Dict[str, np.ndarray], index: Dict[str, Any],
-                 rows: Dict[str, np.ndarray]) -> None:
+                 rows: Dict[str, np.ndarray], failed_prompts: np.ndarray) -> None:
         self._arrays = arrays
         self.index = index
+        self.failed_prompts = failed_prompts
         self.prompt_lengths: np.ndarray = rows["prompt_length"]
         self.num_generated: np.ndarray = rows["num_generated"]
         self.valid_steps: np.ndarray = rows["valid_steps"]
@@ -334,6 +374,19 @@ def load_activations(activations_dir: PathLike,
             "valid_steps": np.zeros(count, np.int32),
             "token_ids": np.full((count, int(index["max_new_tokens"])), -1, np.int32)}
     seen = np.zeros(count, dtype=bool)
+    failed = np.asarray(sorted(i for f in index.get("failed", []) for i in f["prompt_indexes"]),
+                        dtype=np.int64)
+    if failed.size:
+        if failed.min() < 0 or failed.max() >= count:
+            raise ValueError(f"{INDEX_FILE} in {directory}: its failed batches list prompt "
+                             f"indexes outside 0..{count - 1}")
+        seen[failed] = True
+        for entry in index["failed"]:
+            rows["prompt_length"][entry["prompt_indexes"]] = entry["prompt_lengths"]
+        logger.warning("%s: %d prompt(s) of %d failed in that run (batches %s); their rows are "
+                       "zeros that valid_mask() leaves out (Activations.failed_prompts)",
+                       directory, failed.size, count,
+                       ", ".join(str(f["shard"]) for f in index["failed"]))
     for shard in shards:
         path = directory / shard["file"]
         if not path.is_file():
@@ -361,4 +414,4 @@ def load_activations(activations_dir: PathLike,
     if not seen.all():
         raise ValueError(f"{INDEX_FILE} in {directory} has no row for prompt "
                          f"{int(np.flatnonzero(~seen)[0])} of {count}")
-    return Activations(arrays, index, rows)
+    return Activations(arrays, index, rows, failed)

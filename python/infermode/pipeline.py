@@ -12,6 +12,12 @@ Prompts go through :meth:`CausalLM.generate` ``batch_size`` at a time (prompts o
 lengths need no padding); each batch's activations become one safetensors shard as soon as the
 batch is done, so memory holds one batch of activations whatever the number of prompts. The file
 format, and what an interrupted run leaves behind, are described in :mod:`infermode.activations`.
+
+A batch is a :class:`Shard`, the unit of work of both backends: :func:`plan_shards` cuts the
+prompts, a :class:`Replica` (the model plus the steps that need it) runs each shard and writes its
+file, and the pipeline puts the results in prompt order and has the index written. backend="local"
+runs the shards one after another in this process; backend="ray" hands them to Ray workers that
+each hold a replica (:mod:`infermode.distributed`), so both write the same files.
 """
 from __future__ import annotations
 
@@ -19,11 +25,12 @@ import dataclasses
 import datetime
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence as _SequenceABC
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 from tqdm import tqdm
@@ -33,9 +40,11 @@ from infermode.llm import CAPTURE_POSITIONS, SUPPORTED_DTYPES, CausalLM, capture
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "InferenceConfig", "InferencePipeline", "PipelineOutput", "PipelineResult"]
+__all__ = ["BACKENDS", "FailedShard", "InferenceConfig", "InferencePipeline", "PipelineOutput",
+           "PipelineResult", "Replica", "Shard", "ShardOutput", "plan_shards"]
 
 BACKENDS = ("local", "ray")
+RAY_ONLY = ("threads_per_worker", "ray_address", "max_retries")
 _SEED_LIMIT = 2 ** 64
 
 Layer = Union[int, str]
@@ -54,14 +63,25 @@ class InferenceConfig:
     they are written under ``activations_dir`` when ``extract_activations`` is True.
     ``capture_positions``: ``"generated"``, ``"all"`` or ``"prompt_mean"``, as in
     :meth:`CausalLM.generate`. Setting ``layers_to_extract`` without ``extract_activations`` is an
-    error (rather than a long run that writes nothing). ``backend="ray"`` (many processes or
-    machines, ``workers`` of them) is not available yet; ``"local"`` runs in this process with
-    ``threads`` threads. ``dtype``: as :meth:`CausalLM.from_pretrained` takes it (None: float32
-    for a Hugging Face directory, as stored for a GGUF file). ``adapter``: a PEFT LoRA adapter
-    directory, merged into the weights at load.
+    error (rather than a long run that writes nothing). ``dtype``: as
+    :meth:`CausalLM.from_pretrained` takes it (None: float32 for a Hugging Face directory, as
+    stored for a GGUF file). ``adapter``: a PEFT LoRA adapter directory, merged into the weights
+    at load.
+
+    ``backend="local"`` runs in this process with ``threads`` threads. ``backend="ray"`` runs
+    ``workers`` Ray actors, each holding one replica of the model (loaded from ``model_path``,
+    memory-mapped) and running ``threads_per_worker`` threads (None: the cluster's CPUs shared
+    among the workers); batches go to whichever worker is free and give the results, files and
+    sampled tokens the local backend gives. ``ray_address``: None starts a local Ray with this
+    machine's cores (or uses the one this process already started); an address
+    (``"ray://head:10001"``, ``"auto"``) joins a cluster, whose every node must see
+    ``model_path`` and ``activations_dir`` at the same paths. ``max_retries``: how many times a
+    batch whose worker died is redone on the restarted worker (None: 3) before it is reported as
+    failed (see :class:`FailedShard`). See :mod:`infermode.distributed`.
 
         cfg = InferenceConfig("models/Qwen2.5-0.5B", batch_size=4, max_new_tokens=32)
         dataclasses.replace(cfg, batch_size=16)          # validated again
+        InferenceConfig("models/Qwen2.5-0.5B", backend="ray", workers=4, threads_per_worker=2)
     """
 
     model_path: str
@@ -80,6 +100,9 @@ class InferenceConfig:
     threads: Optional[int] = None
     dtype: Optional[str] = None
     adapter: Optional[str] = None
+    threads_per_worker: Optional[int] = None
+    ray_address: Optional[str] = None
+    max_retries: Optional[int] = None
 
     def __post_init__(self) -> None:
         # Frozen, so normalised values are stored with object.__setattr__.
@@ -122,14 +145,6 @@ class InferenceConfig:
             raise ValueError(f"layers_to_extract={self.layers_to_extract!r} is set but "
                              "extract_activations is False: set extract_activations=True, or "
                              "leave layers_to_extract empty")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.backend == "ray":
-            raise ValueError("backend='ray' is not implemented yet: it comes with the Ray "
-                             "(distributed inference) issue. Use backend='local' for now")
-        if self.workers != 1:
-            raise ValueError(f"workers={self.workers} needs a distributed backend; "
-                             "backend='local' runs one worker (use threads= for more cores)")
         if not isinstance(self.temperature, (int, float, np.floating)) \
                 or isinstance(self.temperature, bool) or not self.temperature >= 0:
             raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got "
@@ -155,6 +170,40 @@ class InferenceConfig:
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not supported; supported: "
                              f"{', '.join(SUPPORTED_DTYPES)}")
+        self._check_backend()
+
+    def _check_backend(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.threads_per_worker is not None and (not _is_int(self.threads_per_worker)
+                                                    or self.threads_per_worker < 1):
+            raise ValueError(f"threads_per_worker must be None (the cluster's CPUs shared among "
+                             f"the workers) or an int >= 1, got {self.threads_per_worker!r}")
+        if self.ray_address is not None and (not isinstance(self.ray_address, str)
+                                             or not self.ray_address):
+            raise ValueError(f"ray_address must be None (a local Ray) or a Ray address such as "
+                             f"'ray://head:10001' or 'auto', got {self.ray_address!r}")
+        if self.max_retries is not None and (not _is_int(self.max_retries)
+                                             or self.max_retries < 0):
+            raise ValueError(f"max_retries must be None (3) or an int >= 0, got "
+                             f"{self.max_retries!r}")
+        for name in ("threads_per_worker", "max_retries"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, int(getattr(self, name)))
+        if self.backend == "local":
+            if self.workers != 1:
+                raise ValueError(f"workers={self.workers} needs backend='ray' (many processes or "
+                                 "machines); backend='local' runs one worker (use threads= for "
+                                 "more cores)")
+            for name in RAY_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}={getattr(self, name)!r} is for backend='ray'; "
+                                     "backend='local' runs in this process (threads= sets its "
+                                     f"threads): set backend='ray' or leave {name} None")
+        elif self.threads is not None:
+            raise ValueError(f"threads={self.threads!r} is for backend='local'; with "
+                             "backend='ray' each worker runs threads_per_worker threads: set "
+                             "threads_per_worker instead")
 
     @property
     def capture_names(self) -> Tuple[str, ...]:
@@ -183,7 +232,9 @@ def _check_layers(layers: Any) -> Tuple[Layer, ...]:
 class PipelineResult:
     """One prompt's outcome. ``index``: its position in the prompt list; ``token_ids``: the new
     tokens (a stop token included); ``text``: their text (None without a tokenizer); ``shard`` and
-    ``row``: where its activations are (None when none were extracted)."""
+    ``row``: where its activations are (None when none were extracted). ``error``: why the prompt
+    has no result (its batch failed on every retry, backend="ray"; ``token_ids`` is then empty),
+    None when it has one."""
 
     index: int
     prompt_length: int
@@ -191,21 +242,80 @@ class PipelineResult:
     text: Optional[str]
     shard: Optional[str] = None
     row: Optional[int] = None
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class FailedShard:
+    """A batch that failed on every retry (its worker died each time; backend="ray"): its
+    prompts have no results and it has no shard file. ``shard``: the batch's number (its file
+    would have been ``shard-{shard:05d}.safetensors``)."""
+
+    shard: int
+    prompt_indexes: List[int]
+    prompt_lengths: List[int]
+    error: str
+
+    def record(self) -> Dict[str, Any]:
+        """Its entry in the index's ``failed`` list."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The unit of work both backends run: batch ``number`` of a run, the prompts ``start``,
+    ``start + 1``, ... (token ids). Its activations go to shard file ``number``."""
+
+    number: int
+    start: int
+    prompts: List[List[int]]
+
+    @property
+    def indexes(self) -> List[int]:
+        return list(range(self.start, self.start + len(self.prompts)))
+
+    def failed(self, error: str) -> FailedShard:
+        return FailedShard(self.number, self.indexes, [len(p) for p in self.prompts], error)
+
+
+@dataclass(frozen=True)
+class ShardOutput:
+    """What running a :class:`Shard` gives: its number, its prompts' results, its index entry
+    (None without activations) and the number of tokens it generated."""
+
+    shard: int
+    results: List[PipelineResult]
+    record: Optional[Dict[str, Any]]
+    generated: int
+
+
+def plan_shards(prompts: List[List[int]], batch_size: int) -> List[Shard]:
+    """The batches of a run, in prompt order: the same for every backend, so local and
+    distributed runs write the same shards and sample the same tokens."""
+    return [Shard(number, start, prompts[start:start + batch_size])
+            for number, start in enumerate(range(0, len(prompts), batch_size))]
 
 
 class PipelineOutput(_SequenceABC):
     """What :meth:`InferencePipeline.generate` returns: a sequence of :class:`PipelineResult` in
     prompt order, plus ``token_ids``, ``texts`` and ``activation_index`` (the path of
-    ``index.json``, or None) for the whole run.
+    ``index.json``, or None) for the whole run. ``failed``: the batches that failed on every
+    retry (backend="ray"), a list of :class:`FailedShard`, empty when every prompt has a result.
 
         out = pipe.generate(prompts); out.texts[2] == out[2].text
     """
 
     def __init__(self, results: List[PipelineResult], activation_index: Optional[Path],
-                 has_text: bool) -> None:
+                 has_text: bool, failed: Sequence[FailedShard] = ()) -> None:
         self.results = results
         self.activation_index = activation_index
         self._has_text = has_text
+        self.failed = list(failed)
+
+    @property
+    def failed_indexes(self) -> List[int]:
+        """The prompts without a result, in order: run them again."""
+        return sorted(i for f in self.failed for i in f.prompt_indexes)
 
     @overload
     def __getitem__(self, i: int) -> PipelineResult: ...
@@ -231,122 +341,57 @@ class PipelineOutput(_SequenceABC):
         return None if self.activation_index is None else self.activation_index.parent
 
     def __repr__(self) -> str:
-        return (f"PipelineOutput({len(self.results)} results, "
+        failed = f", {len(self.failed_indexes)} failed" if self.failed else ""
+        return (f"PipelineOutput({len(self.results)} results{failed}, "
                 f"activation_index={self.activation_index!r})")
 
 
-class InferencePipeline:
-    """Runs an :class:`InferenceConfig` over lists of prompts.
+class Replica:
+    """One model replica and the steps of a run that need it: :class:`InferencePipeline` holds
+    one in this process for backend="local", and each Ray worker holds one for backend="ray"
+    (:mod:`infermode.distributed`), so both run the same code for every shard.
 
-        pipe = InferencePipeline(cfg).setup()           # loads the model (once)
-        out = pipe.generate(["Hello", "Bonjour"])       # or token ids: [[1, 2, 3], [4, 5]]
+        replica = Replica(cfg, threads=2); replica.load()
+        replica.run(Shard(0, 0, [[1, 5, 9]]), seed=0)      # -> ShardOutput
     """
 
-    def __init__(self, config: InferenceConfig) -> None:
-        if not isinstance(config, InferenceConfig):
-            raise TypeError(f"InferencePipeline needs an InferenceConfig, got "
-                            f"{type(config).__name__}")
+    def __init__(self, config: InferenceConfig, threads: Optional[int]) -> None:
         self.config = config
-        self._model: Optional[CausalLM] = None
+        self.threads = threads
+        self.model: Optional[CausalLM] = None
 
-    @property
-    def is_setup(self) -> bool:
-        return self._model is not None
+    def load(self) -> bool:
+        """Loads the model (once) and checks ``layers_to_extract`` against it; returns whether
+        it has a tokenizer (text results)."""
+        if self.model is None:
+            cfg = self.config
+            started = time.perf_counter()
+            model = CausalLM.from_pretrained(cfg.model_path, dtype=cfg.dtype, adapter=cfg.adapter,
+                                             threads=self.threads)
+            try:
+                model.capture_points(cfg.capture_names)
+            except ValueError as exc:
+                raise ValueError(f"layers_to_extract, for {cfg.model_path}: {exc}") from None
+            self.model = model
+            logger.info("loaded %s (%d blocks, hidden %d) in %.2f s", cfg.model_path,
+                        model.config.num_hidden_layers, model.config.hidden_size,
+                        time.perf_counter() - started)
+        return self.model.tokenizer is not None
 
-    @property
-    def model(self) -> CausalLM:
-        """The loaded :class:`CausalLM` (after :meth:`setup`)."""
-        if self._model is None:
-            raise RuntimeError("InferencePipeline.setup() has not been called: call it first to "
-                               "load the model")
-        return self._model
+    def _loaded(self) -> CausalLM:
+        self.load()
+        assert self.model is not None
+        return self.model
 
-    def setup(self) -> "InferencePipeline":
-        """Loads the model and checks ``layers_to_extract`` against it. A second call does
-        nothing. Returns the pipeline, so ``InferencePipeline(cfg).setup()`` reads well."""
-        if self._model is not None:
-            return self
+    def _writer(self) -> ActivationWriter:
         cfg = self.config
-        started = time.perf_counter()
-        model = CausalLM.from_pretrained(cfg.model_path, dtype=cfg.dtype, adapter=cfg.adapter,
-                                         threads=cfg.threads)
-        layers = model.config.num_hidden_layers
-        try:
-            model.capture_points(cfg.capture_names)
-        except ValueError as exc:
-            raise ValueError(f"layers_to_extract, for {cfg.model_path}: {exc}") from None
-        self._model = model
-        logger.info("loaded %s (%d blocks, hidden %d) in %.2f s", cfg.model_path, layers,
-                    model.config.hidden_size, time.perf_counter() - started)
-        return self
+        assert cfg.activations_dir is not None  # checked by InferenceConfig
+        return ActivationWriter(Path(cfg.activations_dir), cfg.capture_names,
+                                cfg.capture_positions, cfg.max_new_tokens)
 
-    def generate(self, prompts: Union[Sequence[str], Sequence[Sequence[int]], np.ndarray], *,
-                 overwrite: bool = False, progress: bool = True) -> PipelineOutput:
-        """Generates for every prompt, ``batch_size`` prompts at a time; results in prompt order.
-
-        ``prompts``: a list of strings (needs the checkpoint's tokenizer) and/or of token-id lists.
-        All prompts are checked before the first batch runs. With ``extract_activations``, a
-        directory that already holds a run (an ``index.json``, or shards of an unfinished run)
-        raises FileExistsError unless ``overwrite=True``, which first deletes that run's files
-        (only those: ``index.json``, ``shard-*.safetensors`` and leftover temporaries).
-        ``progress``: show a tqdm bar over prompts.
-
-        Sampling (``temperature > 0``): prompt i draws from random stream i of ``seed`` whatever
-        its batch, so a run repeats exactly for the same seed, at any ``batch_size``, and equals
-        one ``CausalLM.generate`` call over all prompts; without a seed one is drawn and recorded
-        in the index.
-
-            out = pipe.generate([[1, 5, 9], [1, 7]], overwrite=True)
-        """
-        model = self.model
-        cfg = self.config
-        encoded = self._encode(model, prompts)
-        writer: Optional[ActivationWriter] = None
-        if cfg.extract_activations:
-            assert cfg.activations_dir is not None  # checked by InferenceConfig
-            writer = ActivationWriter(Path(cfg.activations_dir), cfg.capture_names,
-                                      cfg.capture_positions, cfg.max_new_tokens)
-            writer.start(overwrite=overwrite)
-        seed = cfg.seed
-        if seed is None and cfg.temperature > 0:
-            seed = int.from_bytes(os.urandom(8), "little")
-        capture = list(cfg.capture_names) if writer is not None else None
-
-        results: List[PipelineResult] = []
-        generated = 0
-        started = time.perf_counter()
-        with tqdm(total=len(encoded), unit="prompt", desc="generate", disable=not progress,
-                  dynamic_ncols=True) as bar:
-            for start in range(0, len(encoded), cfg.batch_size):
-                batch = encoded[start:start + cfg.batch_size]
-                out = model.generate(batch, max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_k=cfg.top_k,
-                                     top_p=cfg.top_p, seed=seed or 0, stream_offset=start,
-                                     capture=capture, capture_positions=cfg.capture_positions)
-                indexes = list(range(start, start + len(batch)))
-                shard = None
-                if writer is not None:
-                    shard = writer.add_batch(indexes, [len(p) for p in batch], out.token_ids,
-                                             out.activations)
-                for row, (index, ids) in enumerate(zip(indexes, out.token_ids)):
-                    results.append(PipelineResult(
-                        index=index, prompt_length=len(batch[row]), token_ids=list(ids),
-                        text=None if out.texts is None else out.texts[row], shard=shard,
-                        row=None if shard is None else row))
-                generated += sum(len(t) for t in out.token_ids)
-                bar.update(len(batch))
-                bar.set_postfix_str(f"{generated / (time.perf_counter() - started):.1f} tok/s",
-                                    refresh=False)
-
-        index_path = None
-        if writer is not None:
-            index_path = writer.finish(self._index_header(model, seed))
-            logger.info("wrote %d shard(s) and %s", len(writer.shards), index_path)
-        return PipelineOutput(results, index_path, has_text=model.tokenizer is not None)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _encode(self, model: CausalLM, prompts: Any) -> List[List[int]]:
+    def encode(self, prompts: Any) -> List[List[int]]:
+        """Every prompt as token ids, all checked (types, ids in range, context length)."""
+        model = self._loaded()
         if isinstance(prompts, np.ndarray):
             prompts = prompts.tolist()
         if isinstance(prompts, str):
@@ -371,9 +416,52 @@ class InferencePipeline:
                     "positions: shorten it or lower max_new_tokens")
         return encoded
 
-    def _index_header(self, model: CausalLM, seed: Optional[int]) -> Dict[str, Any]:
+    def start(self, overwrite: bool) -> None:
+        """Prepares ``activations_dir`` (see :meth:`ActivationWriter.start`)."""
+        self._writer().start(overwrite=overwrite)
+
+    def run(self, shard: Shard, seed: int) -> ShardOutput:
+        """Generates for one shard's prompts and writes its activations as shard file
+        ``shard.number`` (replacing a copy an earlier attempt wrote)."""
+        model = self._loaded()
+        cfg = self.config
+        writer = self._writer() if cfg.extract_activations else None
+        if writer is not None and not writer.directory.is_dir():
+            raise FileNotFoundError(
+                f"activations_dir {writer.directory} does not exist on {socket.gethostname()}: "
+                "with backend='ray' every worker writes its shards there, so it must be one "
+                "directory every node sees at the same path (a shared file system)")
+        out = model.generate(shard.prompts, max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                             seed=seed, stream_offset=shard.start,
+                             capture=list(cfg.capture_names) if writer is not None else None,
+                             capture_positions=cfg.capture_positions)
+        lengths = [len(p) for p in shard.prompts]
+        record = None
+        if writer is not None:
+            record = writer.write_shard(shard.number, shard.indexes, lengths, out.token_ids,
+                                        out.activations)
+        results = [PipelineResult(index=index, prompt_length=lengths[row], token_ids=list(ids),
+                                  text=None if out.texts is None else out.texts[row],
+                                  shard=None if record is None else record["file"],
+                                  row=None if record is None else row)
+                   for row, (index, ids) in enumerate(zip(shard.indexes, out.token_ids))]
+        return ShardOutput(shard.number, results, record,
+                           sum(len(t) for t in out.token_ids))
+
+    def finish(self, seed: Optional[int], records: List[Dict[str, Any]],
+               failed: List[Dict[str, Any]]) -> Path:
+        """Writes the run's ``index.json`` over the shards' ``records`` (in shard order)."""
+        writer = self._writer()
+        writer.shards = list(records)
+        path = writer.finish(self._index_header(seed), failed)
+        logger.info("wrote %d shard(s) and %s", len(records), path)
+        return path
+
+    def _index_header(self, seed: Optional[int]) -> Dict[str, Any]:
         from infermode import __version__
 
+        model = self._loaded()
         summary = {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in dataclasses.asdict(self.config).items()}
         mc = model.config
@@ -389,3 +477,180 @@ class InferencePipeline:
             "infermode_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+ShardDone = Callable[[Union[ShardOutput, FailedShard]], None]
+
+
+class _LocalBackend:
+    """backend="local": one replica in this process runs the shards one after another. A
+    backend has ``setup() -> has_text``, ``call(step, *args)`` (a :class:`Replica` step:
+    "encode", "start", "finish"), ``run(shards, seed, done)`` and ``close()``."""
+
+    def __init__(self, config: InferenceConfig) -> None:
+        self.replica = Replica(config, config.threads)
+
+    def setup(self) -> bool:
+        return self.replica.load()
+
+    def call(self, step: str, *args: Any) -> Any:
+        return getattr(self.replica, step)(*args)
+
+    def run(self, shards: List[Shard], seed: int, done: ShardDone) -> None:
+        for shard in shards:
+            done(self.replica.run(shard, seed))
+
+    def close(self) -> None:
+        self.replica.model = None
+
+
+class InferencePipeline:
+    """Runs an :class:`InferenceConfig` over lists of prompts.
+
+        pipe = InferencePipeline(cfg).setup()           # loads the model (once)
+        out = pipe.generate(["Hello", "Bonjour"])       # or token ids: [[1, 2, 3], [4, 5]]
+        pipe.close()                                    # or: with InferencePipeline(cfg) as pipe
+
+    With ``backend="ray"``, :meth:`setup` starts (or joins) Ray and loads one replica in each
+    worker; :meth:`close` stops the workers, and the local Ray if the pipeline started it.
+    """
+
+    def __init__(self, config: InferenceConfig) -> None:
+        if not isinstance(config, InferenceConfig):
+            raise TypeError(f"InferencePipeline needs an InferenceConfig, got "
+                            f"{type(config).__name__}")
+        self.config = config
+        self._backend: Any = None
+        self._has_text = False
+
+    @property
+    def is_setup(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def model(self) -> CausalLM:
+        """The loaded :class:`CausalLM` (after :meth:`setup`; backend="local" only: Ray workers
+        hold their own replicas)."""
+        if not isinstance(self._require_setup(), _LocalBackend):
+            raise RuntimeError("backend='ray' holds the model in its workers, not in this "
+                               "process: load it with CausalLM.from_pretrained to use it here")
+        return self._backend.replica._loaded()
+
+    def _require_setup(self) -> Any:
+        if self._backend is None:
+            raise RuntimeError("InferencePipeline.setup() has not been called: call it first to "
+                               "load the model")
+        return self._backend
+
+    def setup(self) -> "InferencePipeline":
+        """Loads the model and checks ``layers_to_extract`` against it. A second call does
+        nothing. Returns the pipeline, so ``InferencePipeline(cfg).setup()`` reads well."""
+        if self._backend is not None:
+            return self
+        if self.config.backend == "ray":
+            from infermode.distributed import RayBackend
+
+            backend: Any = RayBackend(self.config)
+        else:
+            backend = _LocalBackend(self.config)
+        self._has_text = backend.setup()
+        self._backend = backend
+        return self
+
+    def close(self) -> None:
+        """Releases the model (the Ray workers, and a local Ray this pipeline started). The
+        pipeline can be set up again."""
+        if self._backend is not None:
+            backend, self._backend = self._backend, None
+            backend.close()
+
+    def __enter__(self) -> "InferencePipeline":
+        return self.setup()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def generate(self, prompts: Union[Sequence[str], Sequence[Sequence[int]], np.ndarray], *,
+                 overwrite: bool = False, progress: bool = True) -> PipelineOutput:
+        """Generates for every prompt, ``batch_size`` prompts at a time; results in prompt order.
+
+        ``prompts``: a list of strings (needs the checkpoint's tokenizer) and/or of token-id lists.
+        All prompts are checked before the first batch runs. With ``extract_activations``, a
+        directory that already holds a run (an ``index.json``, or shards of an unfinished run)
+        raises FileExistsError unless ``overwrite=True``, which first deletes that run's files
+        (only those: ``index.json``, ``shard-*.safetensors`` and leftover temporaries).
+        ``progress``: show a tqdm bar over prompts (all workers' together).
+
+        Sampling (``temperature > 0``): prompt i draws from random stream i of ``seed`` whatever
+        its batch, so a run repeats exactly for the same seed, at any ``batch_size`` and on any
+        backend, and equals one ``CausalLM.generate`` call over all prompts; without a seed one is
+        drawn and recorded in the index.
+
+        With backend="ray" a batch whose worker died on every retry is logged as a warning and
+        listed in ``failed`` (and in the index); the other prompts' results are returned and
+        their activations written.
+
+            out = pipe.generate([[1, 5, 9], [1, 7]], overwrite=True)
+        """
+        backend = self._require_setup()
+        cfg = self.config
+        shards = plan_shards(backend.call("encode", prompts), cfg.batch_size)
+        count = sum(len(s.prompts) for s in shards)
+        if cfg.extract_activations:
+            backend.call("start", overwrite)
+        seed = cfg.seed
+        if seed is None and cfg.temperature > 0:
+            seed = int.from_bytes(os.urandom(8), "little")
+
+        results: List[Optional[PipelineResult]] = [None] * count
+        records: List[Dict[str, Any]] = []
+        failed: List[FailedShard] = []
+        generated = 0
+        started = time.perf_counter()
+        with tqdm(total=count, unit="prompt", desc="generate", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            def done(outcome: Union[ShardOutput, FailedShard]) -> None:
+                nonlocal generated
+                if isinstance(outcome, FailedShard):
+                    failed.append(outcome)
+                    for index, length in zip(outcome.prompt_indexes, outcome.prompt_lengths):
+                        results[index] = PipelineResult(index, length, [], None,
+                                                        error=outcome.error)
+                    bar.update(len(outcome.prompt_indexes))
+                    return
+                for result in outcome.results:
+                    results[result.index] = result
+                if outcome.record is not None:
+                    records.append(outcome.record)
+                generated += outcome.generated
+                bar.update(len(outcome.results))
+                rate = generated / (time.perf_counter() - started)
+                bar.set_postfix_str(f"{rate:.1f} tok/s" + (f", {len(failed)} batch(es) failed"
+                                                            if failed else ""), refresh=False)
+
+            backend.run(shards, seed or 0, done)
+
+        failed.sort(key=lambda f: f.shard)
+        if failed:
+            logger.warning(
+                "%d of %d batch(es) failed on every retry; their %d prompt(s) have no results "
+                "(PipelineResult.error, PipelineOutput.failed_indexes) and no activations: %s",
+                len(failed), len(shards), sum(len(f.prompt_indexes) for f in failed),
+                "; ".join(f"batch {f.shard} (prompts {_ranges(f.prompt_indexes)}): {f.error}"
+                          for f in failed))
+        index_path = None
+        if cfg.extract_activations:
+            records.sort(key=lambda r: r["file"])
+            index_path = backend.call("finish", seed, records, [f.record() for f in failed])
+        return PipelineOutput(results, index_path, self._has_text, failed)  # type: ignore[arg-type]
+
+
+def _ranges(indexes: Sequence[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"``."""
+    spans: List[List[int]] = []
+    for i in indexes:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)

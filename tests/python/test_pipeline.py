@@ -367,7 +367,6 @@ CONFIG_ERRORS = [
     (dict(workers=0), "workers"),
     (dict(workers=2), "workers"),
     (dict(backend="spark"), "backend"),
-    (dict(backend="ray"), "backend='ray'.*Ray"),
     (dict(temperature=-1.0), "temperature"),
     (dict(top_k=-1), "top_k"),
     (dict(top_p=0.0), "top_p"),
