@@ -26,6 +26,7 @@ import numpy as np
 from infermode._ext import _core
 from infermode.checkpoints import gguf, peft
 from infermode.checkpoints._chat import render_chat
+from infermode.checkpoints._safetensors import float32_values
 from infermode.checkpoints.hf import (Checkpoint, ModelConfig, load_checkpoint, load_special_tokens,
                                      load_tokenizer, weight_names)
 
@@ -626,13 +627,9 @@ def _gguf_names(file: "gguf.GGUFFile") -> List[str]:
 
 
 def _to_float32(array: np.ndarray, stored: str) -> np.ndarray:
-    if stored == "float32":
-        return array
-    if stored == "bfloat16":
-        return (array.astype(np.uint32) << 16).view(np.float32)
     if stored in QUANTIZED_FORMATS:
         return gguf.dequantize(array, stored)
-    return array.astype(np.float32)
+    return float32_values(array, stored)
 
 
 def _to_bfloat16(array: np.ndarray) -> np.ndarray:

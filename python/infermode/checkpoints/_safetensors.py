@@ -180,3 +180,13 @@ def _check_layout(path: Path, entries: List[_Entry], data_start: int, size: int)
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def float32_values(array: np.ndarray, dtype: str) -> np.ndarray:
+    """The values of a float tensor of ``dtype`` (named as :class:`SafetensorsFile` names them) as
+    float32: bfloat16 bits are widened, float16/float64 cast; a float32 array comes back as is."""
+    if dtype == "float32":
+        return array
+    if dtype == "bfloat16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array.astype(np.float32)

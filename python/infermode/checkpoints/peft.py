@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Unio
 
 import numpy as np
 
-from infermode.checkpoints._safetensors import open_safetensors
+from infermode.checkpoints._safetensors import float32_values, open_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -238,10 +238,8 @@ def load_adapter(path: PathLike) -> Adapter:
 
 
 def _as_float32(array: np.ndarray, dtype: str, path: Path, key: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        return (array.astype(np.uint32) << 16).view(np.float32)
-    if dtype in ("float32", "float16", "float64"):
-        return np.ascontiguousarray(array, dtype=np.float32)
+    if dtype in ("float32", "float16", "float64", "bfloat16"):
+        return np.ascontiguousarray(float32_values(array, dtype))
     raise ValueError(f"{path}: tensor {key!r} has dtype {dtype}; adapter tensors must be "
                      "float32, float16 or bfloat16")
 
