@@ -11,6 +11,7 @@ namespace infermode::bindings {
 void register_core(py::module_& m);
 void register_kernels(py::module_& m);
 void register_models(py::module_& m);
+void register_stack(py::module_& m);
 }  // namespace infermode::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -33,4 +34,5 @@ PYBIND11_MODULE(_core, m) {
   infermode::bindings::register_core(m);
   infermode::bindings::register_kernels(m);
   infermode::bindings::register_models(m);
+  infermode::bindings::register_stack(m);
 }

@@ -12,4 +12,11 @@ namespace infermode {
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t first_pos, float scale,
                Tensor& out, int threads = 0);
 
+// Bidirectional attention: every token attends over keys [0, keys) of the block,
+//   out[t, h] = softmax_j(q[t, h] . k[g, j] * scale + key_bias[j]) @ v[g, j],
+// key_bias: float32 [keys] (an additive mask: -inf hides a key) or undefined for none; a token
+// that sees no key comes out zero. Other arguments as above.
+void attention_bidirectional(const Tensor& q, const Tensor& k, const Tensor& v, int64_t keys,
+                             float scale, const Tensor& key_bias, Tensor& out, int threads = 0);
+
 }  // namespace infermode

@@ -29,9 +29,17 @@ struct MatmulF32Kernel {
   size_t (*workspace_floats)(const GemmShape& s, int nth);
 };
 // Attention of one sequence (see attention.h); q_stride is q's row stride in floats.
+// Causal: token t sees keys [0, first_pos + t]. Bidirectional (causal false): every token sees
+// keys [0, keys), each score shifted by key_bias[j] when given (an additive mask: -inf hides a
+// key; a row that sees no key at all comes out zero).
 struct AttentionShape {
   int64_t tokens, first_pos, heads, kv_heads, head_dim, capacity, q_stride;
   float scale;
+  bool causal = true;
+  int64_t keys = 0;
+  const float* key_bias = nullptr;
+  int64_t context() const { return causal ? first_pos + tokens : keys; }
+  int64_t visible(int64_t t) const { return causal ? first_pos + t + 1 : keys; }
 };
 
 // The same with B in bfloat16 (a weight stored at half the bytes); A and C stay float32 and the

@@ -37,20 +37,6 @@ void check_config(const DecoderConfig& c) {
            c.head_dim);
 }
 
-// Writes rows [row, row + n) of k/v ((rows, kv_heads*head_dim)) into the cache block
-// ((kv_heads, capacity, head_dim)) at positions [pos, pos + n).
-void store_kv(const Tensor& rows, const Segment& seg, Tensor block, int64_t kv_heads,
-              int64_t head_dim) {
-  const float* src = static_cast<const float*>(rows.raw());
-  float* dst = static_cast<float*>(block.raw());
-  const int64_t capacity = block.size(1);
-  for (int64_t t = 0; t < seg.n; ++t)
-    for (int64_t g = 0; g < kv_heads; ++g)
-      std::memcpy(dst + (g * capacity + seg.pos + t) * head_dim,
-                  src + ((seg.row + t) * kv_heads + g) * head_dim,
-                  size_t(head_dim) * sizeof(float));
-}
-
 // Copies consecutive column ranges of `all` ((rows, sum of widths)) into each part ((rows, width)).
 void split_columns(const Tensor& all, std::initializer_list<Tensor*> parts) {
   const int64_t rows = all.size(0), width = all.size(1);
@@ -267,8 +253,8 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
     rope(q3, cos, sin, threads);
     rope(k3, cos, sin, threads);
     for (const Segment& s : segments) {
-      store_kv(k, s, cache.keys(l, s.seq), c.kv_heads, c.head_dim);
-      store_kv(v, s, cache.values(l, s.seq), c.kv_heads, c.head_dim);
+      store_kv(k, s.row, s.n, s.pos, cache.keys(l, s.seq));
+      store_kv(v, s.row, s.n, s.pos, cache.values(l, s.seq));
       Tensor out = attn.slice(0, s.row, s.row + s.n);
       attention(q3.slice(0, s.row, s.row + s.n), cache.keys(l, s.seq), cache.values(l, s.seq),
                 s.pos, scale, out, threads);

@@ -1,5 +1,7 @@
 #include "models/kv_cache.h"
 
+#include <cstring>
+
 #include "core/error.h"
 
 namespace infermode {
@@ -17,6 +19,16 @@ KvCache::KvCache(int64_t layers, int64_t sequences, int64_t kv_heads, int64_t ca
 
 Tensor KvCache::block(const Tensor& all, int64_t layer, int64_t seq) const {
   return all.select(0, layer).select(0, seq);
+}
+
+void store_kv(const Tensor& rows, int64_t row, int64_t n, int64_t pos, const Tensor& block) {
+  const int64_t kv_heads = block.size(0), capacity = block.size(1), head_dim = block.size(2);
+  const float* src = static_cast<const float*>(rows.raw());
+  float* dst = static_cast<float*>(block.raw());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t g = 0; g < kv_heads; ++g)
+      std::memcpy(dst + (g * capacity + pos + t) * head_dim,
+                  src + ((row + t) * kv_heads + g) * head_dim, size_t(head_dim) * sizeof(float));
 }
 
 }  // namespace infermode

@@ -27,4 +27,8 @@ class KvCache {
   Tensor v_;
 };
 
+// Writes rows [row, row + n) of `rows` ((rows, kv_heads * head_dim) float32, contiguous) into a
+// cache block ((kv_heads, capacity, head_dim)) at positions [pos, pos + n).
+void store_kv(const Tensor& rows, int64_t row, int64_t n, int64_t pos, const Tensor& block);
+
 }  // namespace infermode

@@ -70,6 +70,64 @@ TEST_P(AttentionIsa, MatchesRefOnPrefillAndDecodeShapes) {
 INSTANTIATE_TEST_SUITE_P(Isa, AttentionIsa, ::testing::ValuesIn(testing::supported_isas()),
                          testing::isa_param_name);
 
+// Bidirectional attention over `keys` keys with an additive key bias (-inf on every third key).
+std::vector<float> run_bidirectional(Isa isa, const AttnCase& c, int64_t keys,
+                                     const std::vector<float>& q, const std::vector<float>& k,
+                                     const std::vector<float>& v, std::vector<float>* bias,
+                                     int threads) {
+  ScopedIsa scoped(isa);
+  const int64_t capacity = keys + 2;
+  std::vector<float> out(c.tokens * c.heads * c.head_dim, -7.0f);
+  Tensor ot = Tensor::borrow(out.data(), DType::f32, {c.tokens, c.heads, c.head_dim});
+  const Tensor bt = bias ? Tensor::borrow(bias->data(), DType::f32, {keys}) : Tensor();
+  attention_bidirectional(
+      Tensor::borrow(const_cast<float*>(q.data()), DType::f32, {c.tokens, c.heads, c.head_dim}),
+      Tensor::borrow(const_cast<float*>(k.data()), DType::f32, {c.kv_heads, capacity, c.head_dim}),
+      Tensor::borrow(const_cast<float*>(v.data()), DType::f32, {c.kv_heads, capacity, c.head_dim}),
+      keys, 0.3f, bt, ot, threads);
+  return out;
+}
+
+TEST_P(AttentionIsa, BidirectionalMatchesRefWithAndWithoutKeyBias) {
+  const AttnCase cases[] = {{1, 0, 4, 4, 16}, {7, 0, 6, 2, 48}, {12, 0, 3, 3, 17}};
+  for (const AttnCase& c : cases) {
+    for (int64_t keys : {int64_t(1), c.tokens, c.tokens + 9}) {
+      const int64_t capacity = keys + 2;
+      auto q = random_floats(c.tokens * c.heads * c.head_dim, 6, 1.5f);
+      auto k = random_floats(c.kv_heads * capacity * c.head_dim, 7, 1.5f);
+      auto v = random_floats(c.kv_heads * capacity * c.head_dim, 8);
+      for (int64_t g = 0; g < c.kv_heads; ++g)  // past `keys`: must never be read
+        for (int64_t j = keys; j < capacity; ++j)
+          for (int64_t d = 0; d < c.head_dim; ++d)
+            k[(g * capacity + j) * c.head_dim + d] = v[(g * capacity + j) * c.head_dim + d] = NAN;
+      std::vector<float> bias(keys);
+      for (int64_t j = 0; j < keys; ++j) bias[j] = j % 3 == 1 ? -INFINITY : 0.25f * float(j % 4);
+      for (std::vector<float>* b : {static_cast<std::vector<float>*>(nullptr), &bias}) {
+        const auto want = run_bidirectional(Isa::ref, c, keys, q, k, v, b, 1);
+        for (int threads : {1, 3}) {
+          const auto got = run_bidirectional(GetParam(), c, keys, q, k, v, b, threads);
+          for (size_t i = 0; i < want.size(); ++i)
+            ASSERT_NEAR(got[i], want[i], kTolAttention * (1.0f + std::fabs(want[i])))
+                << isa_name(GetParam()) << " tokens=" << c.tokens << " keys=" << keys
+                << " bias=" << (b != nullptr) << " threads=" << threads << " at " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(AttentionIsa, BidirectionalRowSeeingNoKeyIsZero) {
+  std::vector<float> q(2 * 4, 1.0f), k(2 * 3 * 4, 0.5f), v(2 * 3 * 4, 2.0f), out(2 * 2 * 4, 9.0f);
+  std::vector<float> hidden(3, -INFINITY);
+  ScopedIsa scoped(GetParam());
+  Tensor ot = Tensor::borrow(out.data(), DType::f32, {2, 1, 4});
+  attention_bidirectional(Tensor::borrow(q.data(), DType::f32, {2, 1, 4}),
+                          Tensor::borrow(k.data(), DType::f32, {1, 3, 4}),
+                          Tensor::borrow(v.data(), DType::f32, {1, 3, 4}), 3, 1.0f,
+                          Tensor::borrow(hidden.data(), DType::f32, {3}), ot);
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(out[i], 0.0f) << isa_name(GetParam());
+}
+
 TEST(AttentionRef, OneKeyGivesItsValue) {
   // A single cached position: softmax is 1, the output is that value row.
   std::vector<float> q = {1, 2}, k = {3, 4}, v = {5, -6}, out(2);
@@ -90,6 +148,11 @@ TEST(AttentionOp, RejectsBadShapesNamingThem) {
   EXPECT_THROW(attention(q, k, k, 0, 1.0f, out), ValueError);  // 6 heads over 4 kv heads
   Tensor k2 = Tensor::borrow(buf.data(), DType::f32, {2, 10, 8});
   EXPECT_THROW(attention(q, k2, k2, 9, 1.0f, out), ValueError);  // positions 9..10 past 10
+  EXPECT_THROW(attention_bidirectional(q, k2, k2, 11, 1.0f, Tensor(), out), ValueError);
+  std::vector<float> bias(3);
+  EXPECT_THROW(attention_bidirectional(q, k2, k2, 4, 1.0f,
+                                       Tensor::borrow(bias.data(), DType::f32, {3}), out),
+               ValueError);  // 3 biases for 4 keys
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/thread_pool.h"
@@ -26,13 +27,13 @@ float dot(const float* a, const float* b, int64_t n) {
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth) {
   const int64_t group = s.heads / s.kv_heads;
-  const int64_t context = s.first_pos + s.tokens;
+  const int64_t context = s.context();
   const int64_t hd = s.head_dim;
   float* mine = scores + int64_t(ith) * group * context;
   const Range pairs = split_range(s.tokens * s.kv_heads, ith, nth);
   for (int64_t pair = pairs.begin; pair < pairs.end; ++pair) {
     const int64_t t = pair / s.kv_heads, g = pair % s.kv_heads;
-    const int64_t n = s.first_pos + t + 1;
+    const int64_t n = s.visible(t);
     const float* kg = k + g * s.capacity * hd;
     const float* vg = v + g * s.capacity * hd;
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
@@ -40,8 +41,13 @@ void attention(const float* q, const float* k, const float* v, float* out,
       float* sc = mine + (h - g * group) * context;
       float peak = -INFINITY;
       for (int64_t j = 0; j < n; ++j) {
-        sc[j] = dot(qh, kg + j * hd, hd) * s.scale;
+        sc[j] = dot(qh, kg + j * hd, hd) * s.scale + (s.key_bias ? s.key_bias[j] : 0.0f);
         peak = sc[j] > peak ? sc[j] : peak;
+      }
+      float* oh = out + (t * s.heads + h) * hd;
+      if (!(peak > -INFINITY)) {  // every key hidden by key_bias
+        std::fill(oh, oh + hd, 0.0f);
+        continue;
       }
       const __m256 top = _mm256_set1_ps(peak);
       __m256 total8 = _mm256_setzero_ps();
@@ -57,7 +63,6 @@ void attention(const float* q, const float* k, const float* v, float* out,
         total += sc[j];
       }
       const float inv = 1.0f / total;
-      float* oh = out + (t * s.heads + h) * hd;
       int64_t d = 0;
       for (; d + 32 <= hd; d += 32) {
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),

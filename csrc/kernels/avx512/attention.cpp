@@ -1,5 +1,6 @@
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/thread_pool.h"
@@ -27,25 +28,32 @@ float dot(const float* a, const float* b, int64_t n) {
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth) {
   const int64_t group = s.heads / s.kv_heads;
-  const int64_t context = s.first_pos + s.tokens;
+  const int64_t context = s.context();
   const int64_t hd = s.head_dim;
   float* mine = scores + int64_t(ith) * group * context;
   const Range pairs = split_range(s.tokens * s.kv_heads, ith, nth);
   for (int64_t pair = pairs.begin; pair < pairs.end; ++pair) {
     const int64_t t = pair / s.kv_heads, g = pair % s.kv_heads;
-    const int64_t n = s.first_pos + t + 1;
+    const int64_t n = s.visible(t);
     const float* kg = k + g * s.capacity * hd;
     const float* vg = v + g * s.capacity * hd;
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
       const float* qh = q + t * s.q_stride + h * hd;
       float* sc = mine + (h - g * group) * context;
       __m512 peak = _mm512_set1_ps(-INFINITY);
-      for (int64_t j = 0; j < n; ++j) sc[j] = dot(qh, kg + j * hd, hd) * s.scale;
+      for (int64_t j = 0; j < n; ++j)
+        sc[j] = dot(qh, kg + j * hd, hd) * s.scale + (s.key_bias ? s.key_bias[j] : 0.0f);
       for (int64_t j = 0; j < n; j += 16) {
         const __mmask16 m = mask_upto(n - j);
         peak = _mm512_mask_max_ps(peak, m, peak, _mm512_maskz_loadu_ps(m, sc + j));
       }
-      const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
+      const float top1 = _mm512_reduce_max_ps(peak);
+      float* oh = out + (t * s.heads + h) * hd;
+      if (!(top1 > -INFINITY)) {  // every key hidden by key_bias
+        std::fill(oh, oh + hd, 0.0f);
+        continue;
+      }
+      const __m512 top = _mm512_set1_ps(top1);
       __m512 total = _mm512_setzero_ps();
       for (int64_t j = 0; j < n; j += 16) {
         const __mmask16 m = mask_upto(n - j);
@@ -54,7 +62,6 @@ void attention(const float* q, const float* k, const float* v, float* out,
         total = _mm512_add_ps(total, _mm512_maskz_mov_ps(m, e));
       }
       const float inv = 1.0f / _mm512_reduce_add_ps(total);
-      float* oh = out + (t * s.heads + h) * hd;
       for (int64_t d = 0; d < hd; d += 64) {
         // Up to four zmm of the output row stay in registers while every value row passes.
         const int64_t w = hd - d < 64 ? hd - d : 64;

@@ -1,0 +1,153 @@
+// The transformer stack of the forecasting models and its KV cache.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "bindings/convert.h"
+#include "core/error.h"
+#include "models/transformer_stack.h"
+
+namespace py = pybind11;
+
+namespace infermode::bindings {
+namespace {
+
+template <typename T>
+T get(const py::dict& d, const char* key, const char* where) {
+  IM_CHECK(d.contains(key), "{} has no '{}'", where, key);
+  try {
+    return d[key].cast<T>();
+  } catch (const py::cast_error&) {
+    throw TypeError(fmt::format("{}: '{}' has the wrong type ({})", where, key,
+                                py::str(py::type::of(d[key]).attr("__name__")).cast<std::string>()));
+  }
+}
+
+StackBlockConfig block_config(const py::dict& d) {
+  const char* where = "transformer stack block config";
+  StackBlockConfig b;
+  b.causal = get<bool>(d, "causal", where);
+  b.scaled = get<bool>(d, "scaled", where);
+  b.attention_bias = get<bool>(d, "attention_bias", where);
+  const std::string rope = get<std::string>(d, "rope", where);
+  IM_CHECK(rope == "none" || rope == "half_split",
+           "{}: rope '{}' is not supported (supported: none, half_split)", where, rope);
+  b.rope = rope == "none" ? StackRope::none : StackRope::half_split;
+  if (b.rope != StackRope::none) b.rope_theta = get<double>(d, "rope_theta", where);
+  const std::string mlp = get<std::string>(d, "mlp", where);
+  IM_CHECK(mlp == "swiglu", "{}: mlp '{}' is not supported (supported: swiglu)", where, mlp);
+  b.mlp_bias = get<bool>(d, "mlp_bias", where);
+  return b;
+}
+
+StackConfig stack_config(const py::dict& d) {
+  const char* where = "transformer stack config";
+  StackConfig c;
+  c.hidden = get<int64_t>(d, "hidden", where);
+  c.heads = get<int64_t>(d, "heads", where);
+  c.head_dim = get<int64_t>(d, "head_dim", where);
+  c.intermediate = get<int64_t>(d, "intermediate", where);
+  c.norm_eps = get<float>(d, "norm_eps", where);
+  c.final_norm = get<bool>(d, "final_norm", where);
+  for (const py::handle& b : get<py::list>(d, "blocks", where))
+    c.blocks.push_back(block_config(b.cast<py::dict>()));
+  return c;
+}
+
+struct PyStack {
+  std::unique_ptr<TransformerStack> stack;
+  py::dict arrays;  // the borrowed weights, kept alive as long as the stack
+};
+
+struct PyStackCache {
+  std::unique_ptr<KvCache> cache;
+  const TransformerStack* stack;
+  int64_t length = 0;  // positions filled, the same for every sequence
+};
+
+}  // namespace
+
+void register_stack(py::module_& m) {
+  py::class_<PyStackCache>(m, "StackCache",
+                           "Keys and values of a TransformerStack's blocks for a batch of "
+                           "sequences (TransformerStack.new_cache).")
+      .def_property_readonly("sequences",
+                             [](const PyStackCache& self) { return self.cache->sequences(); })
+      .def_property_readonly("capacity",
+                             [](const PyStackCache& self) { return self.cache->capacity(); })
+      .def_readonly("length", &PyStackCache::length,
+                    "Positions filled so far: the next forward's first position.");
+
+  py::class_<PyStack>(m, "TransformerStack")
+      .def(py::init([](const py::dict& config, const py::dict& tensors) {
+             auto self = std::make_unique<PyStack>();
+             std::map<std::string, Tensor> views;
+             for (auto item : tensors) {
+               const std::string name = item.first.cast<std::string>();
+               IM_CHECK_TYPE(py::isinstance<py::array>(item.second),
+                             "tensor '{}' must be a NumPy array", name);
+               py::array arr = item.second.cast<py::array>();
+               views[name] = borrow_array(arr, name.c_str());
+               self->arrays[item.first] = arr;
+             }
+             self->stack = std::make_unique<TransformerStack>(stack_config(config), views);
+             return self;
+           }),
+           py::arg("config"), py::arg("tensors"),
+           "config: {hidden, heads, head_dim, intermediate, norm_eps, final_norm, blocks: [{causal,\n"
+           "scaled, attention_bias, rope: 'none' | 'half_split', rope_theta, mlp: 'swiglu',\n"
+           "mlp_bias}]}. tensors: {name: float32 array} under the names of tensor_names().")
+      .def(
+          "forward",
+          [](PyStack& self, const py::array& x, py::object cache, int threads) {
+            Tensor in = borrow_array(x, "x");
+            Tensor out_view;
+            py::array_t<float> out = new_float_array(in.shape(), out_view);
+            IM_CHECK_TYPE(in.dtype() == DType::f32, "x must be float32, got {}",
+                          dtype_name(in.dtype()));
+            IM_CHECK(in.ndim() == 3 && in.is_contiguous(),
+                     "x must be a contiguous [sequences, tokens, hidden] array, got shape {}",
+                     in.shape().str());
+            std::memcpy(out_view.raw(), in.raw(), size_t(in.numel()) * sizeof(float));
+            PyStackCache* c = cache.is_none() ? nullptr : &cache.cast<PyStackCache&>();
+            IM_CHECK(!c || c->stack == self.stack.get(),
+                     "this StackCache was made by another TransformerStack");
+            {
+              py::gil_scoped_release release;
+              self.stack->forward(out_view, c ? c->length : 0, c ? c->cache.get() : nullptr,
+                                  threads);
+            }
+            if (c) c->length += in.size(1);
+            return out;
+          },
+          py::arg("x"), py::arg("cache") = py::none(), py::arg("threads") = 0,
+          "Runs the blocks over x (float32 [sequences, tokens, hidden]) and returns a new array.\n"
+          "With a cache the tokens continue its sequences (positions cache.length onward) and\n"
+          "are added to it; without one they are whole sequences.")
+      .def(
+          "new_cache",
+          [](PyStack& self, int64_t sequences, int64_t capacity) {
+            PyStackCache c;
+            c.cache = std::make_unique<KvCache>(self.stack->make_cache(sequences, capacity));
+            c.stack = self.stack.get();
+            return c;
+          },
+          py::arg("sequences"), py::arg("capacity"))
+      .def_static(
+          "tensor_names",
+          [](const py::dict& config) {
+            py::list names;
+            for (const auto& [name, shape] : stack_tensor_names(stack_config(config)))
+              names.append(py::make_tuple(
+                  name, py::tuple(py::cast(std::vector<int64_t>(shape.d, shape.d + shape.ndim)))));
+            return names;
+          },
+          py::arg("config"), "[(name, shape)] the tensors of `config` must have.");
+}
+
+}  // namespace infermode::bindings

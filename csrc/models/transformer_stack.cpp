@@ -1,0 +1,205 @@
+#include "models/transformer_stack.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/inference_mode.h"
+#include "kernels/add.h"
+#include "kernels/attention.h"
+#include "kernels/rms_norm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+#include "models/rope_angles.h"
+
+namespace infermode {
+namespace {
+
+std::string block_name(size_t i, const char* rest) { return fmt::format("blocks.{}.{}", i, rest); }
+
+void check_config(const StackConfig& c) {
+  IM_CHECK(c.hidden > 0 && c.heads > 0 && c.head_dim > 0 && c.intermediate > 0,
+           "transformer stack config: every size must be positive (hidden {}, heads {}, "
+           "head_dim {}, intermediate {})", c.hidden, c.heads, c.head_dim, c.intermediate);
+  IM_CHECK(!c.blocks.empty(), "transformer stack config: no blocks");
+  for (size_t i = 0; i < c.blocks.size(); ++i)
+    IM_CHECK(c.blocks[i].rope == StackRope::none || c.head_dim % 2 == 0,
+             "transformer stack config: block {} uses RoPE, which needs an even head_dim, got {}",
+             i, c.head_dim);
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, Shape>> stack_tensor_names(const StackConfig& c) {
+  const int64_t inner = c.heads * c.head_dim;
+  std::vector<std::pair<std::string, Shape>> names;
+  auto dense = [&](size_t i, const char* what, int64_t out, int64_t in, bool bias) {
+    names.push_back({block_name(i, fmt::format("{}.weight", what).c_str()), {out, in}});
+    if (bias) names.push_back({block_name(i, fmt::format("{}.bias", what).c_str()), {out}});
+  };
+  for (size_t i = 0; i < c.blocks.size(); ++i) {
+    const StackBlockConfig& b = c.blocks[i];
+    names.push_back({block_name(i, "norm1.weight"), {c.hidden}});
+    for (const char* p : {"attention.q", "attention.k", "attention.v"})
+      dense(i, p, inner, c.hidden, b.attention_bias);
+    dense(i, "attention.o", c.hidden, inner, b.attention_bias);
+    names.push_back({block_name(i, "norm2.weight"), {c.hidden}});
+    dense(i, "mlp.gate", c.intermediate, c.hidden, b.mlp_bias);
+    dense(i, "mlp.up", c.intermediate, c.hidden, b.mlp_bias);
+    dense(i, "mlp.down", c.hidden, c.intermediate, b.mlp_bias);
+  }
+  if (c.final_norm) names.push_back({"final_norm.weight", {c.hidden}});
+  return names;
+}
+
+TransformerStack::TransformerStack(const StackConfig& config,
+                                   const std::map<std::string, Tensor>& tensors)
+    : config_(config) {
+  check_config(config_);
+  for (const auto& [name, shape] : stack_tensor_names(config_)) {
+    auto it = tensors.find(name);
+    IM_CHECK(it != tensors.end(), "transformer stack: no tensor '{}' (expected shape {})", name,
+             shape.str());
+    const Tensor& t = it->second;
+    IM_CHECK_TYPE(t.dtype() == DType::f32, "transformer stack: tensor '{}' has dtype {}; "
+                  "expected float32", name, dtype_name(t.dtype()));
+    IM_CHECK(t.shape() == shape, "transformer stack: tensor '{}' has shape {}, expected {}", name,
+             t.shape().str(), shape.str());
+    IM_CHECK(t.is_contiguous(), "transformer stack: tensor '{}' is not contiguous", name);
+  }
+  for (const auto& [name, t] : tensors) {
+    bool known = false;
+    for (const auto& [expected, shape] : stack_tensor_names(config_)) known |= expected == name;
+    IM_CHECK(known, "transformer stack: tensor '{}' is not part of this configuration", name);
+  }
+  auto tensor = [&](size_t i, const char* rest) { return tensors.at(block_name(i, rest)); };
+  auto dense = [&](size_t i, const char* what, bool bias) {
+    Dense d{Linear::borrow(tensors.at(block_name(i, fmt::format("{}.weight", what).c_str()))),
+            Tensor()};
+    if (bias) d.bias = tensors.at(block_name(i, fmt::format("{}.bias", what).c_str()));
+    return d;
+  };
+  for (size_t i = 0; i < config_.blocks.size(); ++i) {
+    const StackBlockConfig& b = config_.blocks[i];
+    Block w;
+    w.norm1 = tensor(i, "norm1.weight");
+    w.q = dense(i, "attention.q", b.attention_bias);
+    w.k = dense(i, "attention.k", b.attention_bias);
+    w.v = dense(i, "attention.v", b.attention_bias);
+    w.o = dense(i, "attention.o", b.attention_bias);
+    w.norm2 = tensor(i, "norm2.weight");
+    w.gate = dense(i, "mlp.gate", b.mlp_bias);
+    w.up = dense(i, "mlp.up", b.mlp_bias);
+    w.down = dense(i, "mlp.down", b.mlp_bias);
+    if (b.rope != StackRope::none) {
+      RopeConfig rope;
+      rope.head_dim = config_.head_dim;
+      rope.theta = b.rope_theta;
+      w.inv_freq = rope_inverse_frequencies(rope);
+    }
+    blocks_.push_back(std::move(w));
+  }
+  if (config_.final_norm) final_norm_ = tensors.at("final_norm.weight");
+}
+
+KvCache TransformerStack::make_cache(int64_t sequences, int64_t capacity) const {
+  for (size_t i = 0; i < config_.blocks.size(); ++i)
+    IM_CHECK(config_.blocks[i].causal, "transformer stack: block {} is bidirectional; a KV "
+             "cache only serves causal stacks (run whole sequences instead)", i);
+  return KvCache(int64_t(config_.blocks.size()), sequences, config_.heads, capacity,
+                 config_.head_dim);
+}
+
+void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads) const {
+  const StackConfig& c = config_;
+  IM_CHECK_TYPE(x.dtype() == DType::f32, "transformer stack: x has dtype {}; expected float32",
+                dtype_name(x.dtype()));
+  IM_CHECK(x.ndim() == 3 && x.size(2) == c.hidden && x.is_contiguous(),
+           "transformer stack: x must be a contiguous float32 [sequences, tokens, {}], got {}",
+           c.hidden, x.shape().str());
+  const int64_t sequences = x.size(0), tokens = x.size(1), rows = sequences * tokens;
+  if (rows == 0) return;
+  if (cache) {
+    IM_CHECK(cache->sequences() == sequences,
+             "transformer stack: the cache holds {} sequences, x has {}", cache->sequences(),
+             sequences);
+    IM_CHECK(first_pos >= 0 && first_pos + tokens <= cache->capacity(),
+             "transformer stack: positions [{}, {}) do not fit the cache's {}", first_pos,
+             first_pos + tokens, cache->capacity());
+  } else {
+    IM_CHECK(first_pos == 0, "transformer stack: first_pos {} needs the cache of the earlier "
+             "positions", first_pos);
+  }
+  // Every activation below comes from this thread's arena and goes back when the pass ends.
+  InferenceMode guard;
+  const int64_t inner = c.heads * c.head_dim, half = c.head_dim / 2;
+  Tensor x2 = x.view({rows, c.hidden});
+  Tensor h = Tensor::empty({rows, c.hidden}, DType::f32);
+  Tensor q = Tensor::empty({rows, c.heads, c.head_dim}, DType::f32);
+  Tensor k = Tensor::empty({rows, inner}, DType::f32);
+  Tensor v = Tensor::empty({rows, inner}, DType::f32);
+  Tensor attn = Tensor::empty({rows, c.heads, c.head_dim}, DType::f32);
+  Tensor proj = Tensor::empty({rows, c.hidden}, DType::f32);
+  Tensor gate = Tensor::empty({rows, c.intermediate}, DType::f32);
+  Tensor up = Tensor::empty({rows, c.intermediate}, DType::f32);
+  Tensor q2 = q.view({rows, inner}), k3 = k.view({rows, c.heads, c.head_dim});
+  Tensor attn2 = attn.view({rows, inner});
+  // Without a cache, one sequence's keys and values at a time.
+  Tensor local_k, local_v;
+  if (!cache) {
+    local_k = Tensor::empty({c.heads, tokens, c.head_dim}, DType::f32);
+    local_v = Tensor::empty({c.heads, tokens, c.head_dim}, DType::f32);
+  }
+  Tensor positions = Tensor::empty({tokens}, DType::i64);
+  for (int64_t t = 0; t < tokens; ++t) positions.data<int64_t>()[t] = first_pos + t;
+  Tensor cos = Tensor::empty({tokens, half}, DType::f32);
+  Tensor sin = Tensor::empty({tokens, half}, DType::f32);
+  const Tensor no_bias;
+
+  auto dense = [&](const Tensor& in, const Dense& d, Tensor& out) {
+    linear(in, d.weight, out, threads);
+    if (d.bias.defined()) add(d.bias, out, threads);
+  };
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    const Block& w = blocks_[l];
+    const StackBlockConfig& b = c.blocks[l];
+    IM_CHECK(b.causal || !cache, "transformer stack: block {} is bidirectional and cannot run "
+             "over a KV cache", l);
+    rms_norm(x2, w.norm1, c.norm_eps, h, threads);
+    dense(h, w.q, q2);
+    dense(h, w.k, k);
+    dense(h, w.v, v);
+    if (b.rope != StackRope::none)
+      rope_angles(w.inv_freq, positions.data<int64_t>(), tokens, cos.data<float>(),
+                  sin.data<float>());
+    const float scale = b.scaled ? 1.0f / std::sqrt(float(c.head_dim)) : 1.0f;
+    for (int64_t s = 0; s < sequences; ++s) {
+      Tensor qs = q.slice(0, s * tokens, (s + 1) * tokens);
+      Tensor ks = k3.slice(0, s * tokens, (s + 1) * tokens);
+      if (b.rope != StackRope::none) {
+        rope(qs, cos, sin, threads);
+        rope(ks, cos, sin, threads);
+      }
+      const Tensor keys = cache ? cache->keys(int64_t(l), s) : local_k;
+      const Tensor values = cache ? cache->values(int64_t(l), s) : local_v;
+      store_kv(k, s * tokens, tokens, first_pos, keys);
+      store_kv(v, s * tokens, tokens, first_pos, values);
+      Tensor out = attn.slice(0, s * tokens, (s + 1) * tokens);
+      if (b.causal) {
+        attention(qs, keys, values, first_pos, scale, out, threads);
+      } else {
+        attention_bidirectional(qs, keys, values, tokens, scale, no_bias, out, threads);
+      }
+    }
+    dense(attn2, w.o, proj);
+    add(proj, x2, threads);
+    rms_norm(x2, w.norm2, c.norm_eps, h, threads);
+    dense(h, w.gate, gate);
+    dense(h, w.up, up);
+    swiglu(gate, up, gate, threads);
+    dense(gate, w.down, proj);
+    add(proj, x2, threads);
+  }
+  if (c.final_norm) rms_norm(x2, final_norm_, c.norm_eps, x2, threads);
+}
+
+}  // namespace infermode

@@ -1,0 +1,80 @@
+#pragma once
+// A stack of pre-norm transformer blocks, configured block by block, for the forecasting models
+// (Kronos, Toto, Chronos-2): each block runs
+//   x += o(attention(rope(q(norm1(x))), rope(k(norm1(x))), v(norm1(x))))
+//   x += mlp(norm2(x))
+// over activations float32 [sequences, tokens, hidden]. The upstream model keeps its own
+// pre- and post-processing; only the blocks run here. Weights are float32, borrowed from the
+// caller (the upstream module's parameters), under generic names (stack_tensor_names).
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/kv_cache.h"
+#include "models/linear.h"
+
+namespace infermode {
+
+enum class StackRope { none, half_split };
+enum class StackMlp { swiglu };  // down(silu(gate(x)) * up(x))
+
+struct StackBlockConfig {
+  bool causal = true;
+  bool scaled = true;           // scores * 1/sqrt(head_dim); false: unscaled (Chronos-2)
+  bool attention_bias = false;  // q, k, v and output projections carry biases
+  StackRope rope = StackRope::half_split;
+  double rope_theta = 10000.0;
+  StackMlp mlp = StackMlp::swiglu;
+  bool mlp_bias = false;
+};
+
+struct StackConfig {
+  int64_t hidden = 0;
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+  int64_t intermediate = 0;
+  float norm_eps = 1e-5f;  // RMSNorm: x * rsqrt(mean(x^2) + eps) * weight
+  std::vector<StackBlockConfig> blocks;
+  bool final_norm = false;  // a last RMSNorm ("final_norm.weight") after the blocks
+};
+
+class TransformerStack {
+ public:
+  // Checks every name, shape and dtype; ValueError naming the tensor otherwise.
+  TransformerStack(const StackConfig& config, const std::map<std::string, Tensor>& tensors);
+
+  const StackConfig& config() const { return config_; }
+
+  // x: float32 [sequences, tokens, hidden], contiguous, transformed in place. Each sequence's
+  // tokens sit at positions [first_pos, first_pos + tokens). cache: the keys and values of every
+  // block for `sequences` sequences (make_cache); those of positions before first_pos are read,
+  // these tokens' are written. Without a cache the tokens are whole sequences (first_pos 0).
+  void forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads) const;
+
+  // A cache for `sequences` sequences of up to `capacity` positions; causal stacks only.
+  KvCache make_cache(int64_t sequences, int64_t capacity) const;
+
+ private:
+  struct Dense {
+    Linear weight;  // (out, in)
+    Tensor bias;    // (out) or undefined
+  };
+  struct Block {
+    Tensor norm1, norm2;
+    Dense q, k, v, o;
+    Dense gate, up, down;
+    std::vector<float> inv_freq;  // (head_dim / 2), for RoPE
+  };
+
+  StackConfig config_;
+  std::vector<Block> blocks_;
+  Tensor final_norm_;
+};
+
+// The names and shapes the tensors of `config` must have, in block order.
+std::vector<std::pair<std::string, Shape>> stack_tensor_names(const StackConfig& config);
+
+}  // namespace infermode

@@ -1,0 +1,56 @@
+"""The native transformer stack over an upstream PyTorch model's own parameters.
+
+The upstream module keeps its weights; the stack borrows them as NumPy views (no copy), so a
+wrapper costs no memory beside the model it wraps.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from infermode._ext import _core
+
+
+def _borrowed(tensor: Any, name: str) -> np.ndarray:
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu" or str(tensor.dtype) != "torch.float32":
+        raise ValueError(
+            f"parameter {name!r} is {tensor.dtype} on {tensor.device}; the native stack reads "
+            "float32 parameters on the CPU (the wrapper falls back to PyTorch otherwise)"
+        )
+    return tensor.contiguous().numpy()
+
+
+def block_config(*, causal: bool, scaled: bool = True, attention_bias: bool = False,
+                 rope: str = "half_split", rope_theta: float = 10000.0, mlp: str = "swiglu",
+                 mlp_bias: bool = False) -> Dict[str, Any]:
+    """One block's settings, as ``_core.TransformerStack`` reads them."""
+    return {"causal": causal, "scaled": scaled, "attention_bias": attention_bias, "rope": rope,
+            "rope_theta": rope_theta, "mlp": mlp, "mlp_bias": mlp_bias}
+
+
+class NativeStack:
+    """A ``_core.TransformerStack`` built from named upstream parameters.
+
+    ``tensors`` maps the stack's names (``blocks.{i}.attention.q.weight``, ...; see
+    ``_core.TransformerStack.tensor_names``) to the upstream ``torch`` parameters.
+    """
+
+    def __init__(self, *, hidden: int, heads: int, intermediate: int, norm_eps: float,
+                 blocks: Sequence[Dict[str, Any]], tensors: Mapping[str, Any],
+                 final_norm: bool = False, threads: Optional[int] = None):
+        self.config = {"hidden": hidden, "heads": heads, "head_dim": hidden // heads,
+                       "intermediate": intermediate, "norm_eps": float(norm_eps),
+                       "final_norm": final_norm, "blocks": list(blocks)}
+        arrays = {name: _borrowed(t, name) for name, t in tensors.items()}
+        self._stack = _core.TransformerStack(self.config, arrays)
+        self.threads = threads or 0
+
+    def __call__(self, x: np.ndarray, cache: Any = None) -> np.ndarray:
+        """The blocks over ``x`` (float32 [sequences, tokens, hidden]), continuing ``cache``."""
+        return self._stack.forward(np.ascontiguousarray(x, dtype=np.float32), cache,
+                                   threads=self.threads)
+
+    def new_cache(self, sequences: int, capacity: int) -> Any:
+        return self._stack.new_cache(sequences, capacity)
