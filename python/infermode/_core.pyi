@@ -1,5 +1,5 @@
 """Type stubs for infermode's native core. Use the public API in `infermode` instead."""
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
