@@ -1,6 +1,7 @@
 #include "models/transformer_stack.h"
 
 #include <cmath>
+#include <set>
 
 #include "core/error.h"
 #include "core/inference_mode.h"
@@ -55,7 +56,10 @@ TransformerStack::TransformerStack(const StackConfig& config,
                                    const std::map<std::string, Tensor>& tensors)
     : config_(config) {
   check_config(config_);
-  for (const auto& [name, shape] : stack_tensor_names(config_)) {
+  const auto expected = stack_tensor_names(config_);
+  std::set<std::string> known;
+  for (const auto& [name, shape] : expected) {
+    known.insert(name);
     auto it = tensors.find(name);
     IM_CHECK(it != tensors.end(), "transformer stack: no tensor '{}' (expected shape {})", name,
              shape.str());
@@ -66,11 +70,9 @@ TransformerStack::TransformerStack(const StackConfig& config,
              t.shape().str(), shape.str());
     IM_CHECK(t.is_contiguous(), "transformer stack: tensor '{}' is not contiguous", name);
   }
-  for (const auto& [name, t] : tensors) {
-    bool known = false;
-    for (const auto& [expected, shape] : stack_tensor_names(config_)) known |= expected == name;
-    IM_CHECK(known, "transformer stack: tensor '{}' is not part of this configuration", name);
-  }
+  for (const auto& [name, t] : tensors)
+    IM_CHECK(known.count(name), "transformer stack: tensor '{}' is not part of this configuration",
+             name);
   auto tensor = [&](size_t i, const char* rest) { return tensors.at(block_name(i, rest)); };
   auto dense = [&](size_t i, const char* what, bool bias) {
     Dense d{Linear::borrow(tensors.at(block_name(i, fmt::format("{}.weight", what).c_str()))),
@@ -154,6 +156,8 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
   Tensor cos = Tensor::empty({tokens, half}, DType::f32);
   Tensor sin = Tensor::empty({tokens, half}, DType::f32);
   const Tensor no_bias;
+  const std::vector<float> no_table;
+  const std::vector<float>* angles_of = &no_table;  // the table cos/sin now hold
 
   auto dense = [&](const Tensor& in, const Dense& d, Tensor& out) {
     linear(in, d.weight, out, threads);
@@ -168,9 +172,12 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
     dense(h, w.q, q2);
     dense(h, w.k, k);
     dense(h, w.v, v);
-    if (b.rope != StackRope::none)
+    // Blocks that share a frequency table (the usual case) share the angles of this pass.
+    if (b.rope != StackRope::none && w.inv_freq != *angles_of) {
       rope_angles(w.inv_freq, positions.data<int64_t>(), tokens, cos.data<float>(),
                   sin.data<float>());
+      angles_of = &w.inv_freq;
+    }
     const float scale = b.scaled ? 1.0f / std::sqrt(float(c.head_dim)) : 1.0f;
     for (int64_t s = 0; s < sequences; ++s) {
       Tensor qs = q.slice(0, s * tokens, (s + 1) * tokens);
