@@ -10,29 +10,11 @@ import contextlib
 import logging
 from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple, TypeVar
 
-from infermode.devices import select_mode
+from infermode.devices import _torch, select_mode
 
 logger = logging.getLogger("infermode.forecast")
 
 T = TypeVar("T")
-
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:  # the wrappers' models are torch modules; the helpers below still work
-        return None
-    return torch
-
-
-def _inference_context(device: Any = None) -> ContextManager:
-    """``inference_mode`` when torch has it, ``no_grad`` otherwise, nothing without torch."""
-    torch = _torch()
-    if torch is None:
-        return contextlib.nullcontext()
-    if hasattr(torch, "inference_mode"):
-        return torch.inference_mode()
-    return torch.no_grad()
 
 
 def _no_grad() -> ContextManager:
