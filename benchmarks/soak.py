@@ -25,9 +25,9 @@ reads every matrix but the embedding, of which it reads one row. Reported: RSS (
 and file-backed parts) before the load, after it, after a one-token forward, and the peak,
 against the file size.
 
-Forecasts: the issue's soak also asks for 1,000 forecasts in the same process. The forecasting
-wrappers (infermode.forecast) do not exist yet; when they land, add them to the loop in
-``soak()`` next to the generations and report their RSS the same way.
+Forecasts: the issue's soak also runs 1,000 forecasts in the same process. This script does not
+yet: it was written before the forecasting wrappers (infermode.forecast) existed. Add them to the
+loop in ``soak()`` next to the generations and report their RSS the same way.
 
 RSS comes from psutil when it is installed, else /proc/self/statm; the anonymous / file-backed
 split from /proc/self/status (Linux). Writes soak.json and soak.png to --out (soak-quick.* for
@@ -160,7 +160,8 @@ def write_big_checkpoint(directory: Path, gigabytes: float) -> Path:
     header, offset = {}, 0
     for name, shape in shapes.items():
         size = 4 * math.prod(shape)
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": "F32", "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     raw = json.dumps(header).encode()
     partial = directory.with_name(directory.name + ".partial")
@@ -334,7 +335,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "every": every, "threads": args.threads, "prompts": PROMPTS,
                 "capture_every_10th": CAPTURE, "big_gb": None if args.no_big else big_gb,
                 "rss_source": "psutil" if _has_psutil() else "/proc/self/statm",
-                "loadavg_at_end": list(os.getloadavg()), "forecasts": "not yet available"}
+                "loadavg_at_end": list(os.getloadavg()), "forecasts": "not run yet"}
     paths = [write_report(args.out, stem, "soak", machine, argv, settings=settings,
                           soak=summary, samples=run["samples"], seconds=run["seconds"],
                           big_load=big),
