@@ -25,6 +25,11 @@ name (``os.replace`` is atomic on one file system): a run interrupted at any poi
 Ctrl-C) leaves only whole shards and no ``index.json``; a process killed outright may also leave one
 hidden ``.*.tmp`` file, which no reader looks at (the run's end, or the next run, removes it).
 
+A shard's metadata also records, under ``"run"``, the settings that decide the run's files (model,
+dtype, prompts' digest, batch size, sampling, capture): a run started again with ``resume=True``
+keeps the shards whose settings are its own and computes only the batches that have none
+(:meth:`ActivationWriter.start`, :func:`read_shard`); the index records them too.
+
 A distributed run (``backend="ray"``) writes the same files: each worker writes the shards of the
 batches it ran, and the index lists them all. A batch whose worker died on every retry has no
 shard; the index lists it under ``failed`` (its prompt indexes and the error), and
@@ -53,8 +58,10 @@ __all__ = [
     "INDEX_FILE",
     "ActivationWriter",
     "Activations",
+    "ShardContents",
     "load_activations",
     "load_index",
+    "read_shard",
     "valid_steps",
 ]
 
@@ -67,7 +74,7 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 ROW_TENSORS = ("prompt_index", "prompt_length", "num_generated", "valid_steps", "token_ids")
 
-_SHARD = re.compile(r"^shard-\d{5,}\.safetensors$")
+_SHARD = re.compile(r"^shard-(\d{5,})\.safetensors$")
 # Temporary files are hidden and end in .tmp, so no glob for shards or the index can match one.
 _TEMPORARY = re.compile(r"^\.(shard-\d{5,}\.safetensors|index\.json)\..*\.tmp$")
 
@@ -170,7 +177,8 @@ class ActivationWriter:
 
     ``start`` refuses a directory that holds another run (an index or shards, finished or not)
     unless ``overwrite=True``, which deletes those files (the index first, so the directory never
-    looks like a finished run while old and new shards mix) and nothing else.
+    looks like a finished run while old and new shards mix) and nothing else, or ``resume=True``,
+    which keeps them and returns the shards found, for the caller to check and skip.
     """
 
     directory: Path
@@ -183,15 +191,26 @@ class ActivationWriter:
         self.directory = Path(self.directory)
         self.capture_names = tuple(self.capture_names)
 
-    def start(self, overwrite: bool = False) -> None:
+    def start(self, overwrite: bool = False, resume: bool = False) -> Dict[int, Path]:
+        """Prepares the directory; returns {batch number: path} of the shards already there
+        (empty unless ``resume``, which changes nothing: :meth:`finish` removes temporaries)."""
+        if overwrite and resume:
+            raise ValueError("overwrite=True deletes the run in activations_dir and resume=True "
+                             "continues it: pass one of them")
         previous = previous_run_files(self.directory)
+        self.shards = []
+        if resume:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            matches = ((_SHARD.match(path.name), path) for path in previous)
+            return {int(match.group(1)): path for match, path in matches if match}
         if previous and not overwrite:
             finished = "a finished run" if (self.directory / INDEX_FILE).exists() \
                 else "an unfinished run (shards without index.json)"
             raise FileExistsError(
                 f"activations_dir {self.directory} already holds {finished}: "
-                f"{len(previous)} file(s), e.g. {previous[0].name}. Pass overwrite=True to "
-                "generate() to replace it, or choose another activations_dir")
+                f"{len(previous)} file(s), e.g. {previous[0].name}. Pass resume=True to "
+                "generate() to continue it, overwrite=True to replace it, or choose another "
+                "activations_dir")
         self.directory.mkdir(parents=True, exist_ok=True)
         index = self.directory / INDEX_FILE
         if index in previous:
@@ -199,7 +218,7 @@ class ActivationWriter:
         for path in previous:
             if path != index:
                 path.unlink(missing_ok=True)
-        self.shards = []
+        return {}
 
     def add_batch(self, prompt_indexes: Sequence[int], prompt_lengths: Sequence[int],
                   token_ids: Sequence[Sequence[int]], activations: Mapping[str, np.ndarray]) -> str:
@@ -211,10 +230,12 @@ class ActivationWriter:
 
     def write_shard(self, number: int, prompt_indexes: Sequence[int],
                     prompt_lengths: Sequence[int], token_ids: Sequence[Sequence[int]],
-                    activations: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+                    activations: Mapping[str, np.ndarray],
+                    run: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """Writes shard ``number`` (replacing a whole earlier copy, atomically) and returns its
         index entry without adding it to ``shards``: workers of a distributed run each write
-        their batches' shards, and the run's driver collects the entries for :meth:`finish`."""
+        their batches' shards, and the run's driver collects the entries for :meth:`finish`.
+        ``run``: the run's settings, recorded in the shard's metadata for ``resume=True``."""
         rows = len(prompt_indexes)
         if not rows == len(prompt_lengths) == len(token_ids):
             raise ValueError(f"add_batch: {rows} prompt indexes, {len(prompt_lengths)} prompt "
@@ -240,15 +261,10 @@ class ActivationWriter:
         name = shard_name(number)
         metadata = {"format": FORMAT, "version": str(FORMAT_VERSION),
                     "capture_positions": self.capture_positions}
+        if run is not None:
+            metadata["run"] = json.dumps(run, sort_keys=True)
         _atomic_write(self.directory / name, lambda path: save_file(tensors, path, metadata))
-        return {
-            "file": name,
-            "prompt_indexes": [int(i) for i in prompt_indexes],
-            "prompt_lengths": [int(n) for n in prompt_lengths],
-            "num_generated": [len(t) for t in token_ids],
-            "valid_steps": steps,
-            "shapes": {n: list(tensors[n].shape) for n in self.capture_names},
-        }
+        return _record(name, tensors, {n: tensors[n].shape for n in self.capture_names})
 
     def finish(self, header: Mapping[str, Any], failed: Sequence[Mapping[str, Any]] = ()) -> Path:
         """Writes ``index.json`` (``header`` merged into it) over ``shards`` and returns its path.
@@ -277,6 +293,60 @@ class ActivationWriter:
         path = self.directory / INDEX_FILE
         _write_text(path, _index_text(index))
         return path
+
+
+def _record(name: str, rows: Mapping[str, np.ndarray],
+            shapes: Mapping[str, Sequence[int]]) -> Dict[str, Any]:
+    """A shard's entry in the index, from its row tensors and the shapes of its activations."""
+    return {
+        "file": name,
+        "prompt_indexes": [int(i) for i in rows["prompt_index"]],
+        "prompt_lengths": [int(n) for n in rows["prompt_length"]],
+        "num_generated": [int(n) for n in rows["num_generated"]],
+        "valid_steps": [int(n) for n in rows["valid_steps"]],
+        "shapes": {n: [int(d) for d in shape] for n, shape in shapes.items()},
+    }
+
+
+@dataclass(frozen=True)
+class ShardContents:
+    """What :func:`read_shard` finds in a shard: its index entry, the new tokens of each row,
+    and the settings of the run that wrote it (None for a shard written without them)."""
+
+    record: Dict[str, Any]
+    token_ids: List[List[int]]
+    run: Optional[Dict[str, Any]]
+
+
+def read_shard(path: Path, capture_names: Sequence[str]) -> ShardContents:
+    """Reads back a whole shard's entry, tokens and run settings (not its activations). The row
+    tensors must be there (a ValueError names the file); of ``capture_names``, the entry's
+    ``shapes`` has those the shard holds, for the caller to check once it knows whose shard it is.
+    """
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            keys = set(f.keys())
+            missing = [n for n in ROW_TENSORS if n not in keys]
+            if missing:
+                raise ValueError(f"{path} has no tensor {missing[0]!r}")
+            rows = {n: f.get_tensor(n) for n in ROW_TENSORS}
+            shapes = {n: list(f.get_slice(n).get_shape()) for n in capture_names if n in keys}
+            run_text = (f.metadata() or {}).get("run")
+    except ValueError:
+        raise
+    except Exception as exc:  # the safetensors library raises its own SafetensorError
+        raise ValueError(f"{path} could not be read as a shard: {exc}") from None
+    count = len(rows["prompt_index"])
+    for name, shape in shapes.items():
+        if len(shape) != 3 or shape[0] != count:
+            raise ValueError(f"{path}: tensor {name!r} has shape {shape}, expected "
+                             f"[{count}, steps, hidden]")
+    try:
+        run = json.loads(run_text) if run_text is not None else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: its 'run' metadata is not JSON: {exc}") from None
+    tokens = [[int(t) for t in row if t >= 0] for row in rows["token_ids"]]
+    return ShardContents(_record(path.name, rows, shapes), tokens, run)
 
 
 # ---------------------------------------------------------------------------------- reading

@@ -35,13 +35,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, 
 import numpy as np
 from tqdm import tqdm
 
-from infermode.activations import ActivationWriter
+from infermode._resume import resumed_shards, run_settings
+from infermode.activations import INDEX_FILE, ActivationWriter
 from infermode.llm import CAPTURE_POSITIONS, SUPPORTED_DTYPES, CausalLM, capture_name
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["BACKENDS", "FailedShard", "InferenceConfig", "InferencePipeline", "PipelineOutput",
-           "PipelineResult", "Replica", "Shard", "ShardOutput", "plan_shards"]
+           "PipelineResult", "Replica", "RunStart", "Shard", "ShardOutput", "plan_shards"]
 
 BACKENDS = ("local", "ray")
 RAY_ONLY = ("threads_per_worker", "ray_address", "max_retries")
@@ -264,11 +265,13 @@ class FailedShard:
 @dataclass(frozen=True)
 class Shard:
     """The unit of work both backends run: batch ``number`` of a run, the prompts ``start``,
-    ``start + 1``, ... (token ids). Its activations go to shard file ``number``."""
+    ``start + 1``, ... (token ids). Its activations go to shard file ``number``, whose metadata
+    records ``run``, the run's settings (see :mod:`infermode._resume`)."""
 
     number: int
     start: int
     prompts: List[List[int]]
+    run: Optional[Dict[str, Any]] = None
 
     @property
     def indexes(self) -> List[int]:
@@ -287,6 +290,18 @@ class ShardOutput:
     results: List[PipelineResult]
     record: Optional[Dict[str, Any]]
     generated: int
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What :meth:`Replica.start` found in ``activations_dir``: the run's ``settings`` (with the
+    seed an unseeded sampling run resumed had drawn), the batches an earlier run with the same
+    settings finished (``finished``, skipped), and whether that run's index is there
+    (``index_there``: with nothing left to compute, it stays as it is)."""
+
+    settings: Dict[str, Any]
+    finished: List[ShardOutput]
+    index_there: bool
 
 
 def plan_shards(prompts: List[List[int]], batch_size: int) -> List[Shard]:
@@ -416,9 +431,35 @@ class Replica:
                     "positions: shorten it or lower max_new_tokens")
         return encoded
 
-    def start(self, overwrite: bool) -> None:
-        """Prepares ``activations_dir`` (see :meth:`ActivationWriter.start`)."""
-        self._writer().start(overwrite=overwrite)
+    def start(self, overwrite: bool, resume: bool, shards: List[Shard],
+              seed: Optional[int]) -> RunStart:
+        """Prepares ``activations_dir`` for a run over ``shards`` (see
+        :meth:`ActivationWriter.start`); with ``resume``, finds the batches an earlier run with
+        the same settings finished there, or raises ValueError saying what differs."""
+        model = self._loaded()
+        writer = self._writer()
+        found = writer.start(overwrite=overwrite, resume=resume)
+        settings = run_settings(self.config, model, shards, seed)
+        if not resume:
+            return RunStart(settings, [], False)
+        settings, contents, index_there = resumed_shards(
+            writer.directory, found, shards, settings, self.config.capture_names,
+            seed_given=self.config.seed is not None)
+        finished = []
+        for shard in shards:
+            if shard.number in contents:
+                c = contents[shard.number]
+                texts = model._decode(c.token_ids)
+                finished.append(ShardOutput(shard.number, [
+                    PipelineResult(index=index, prompt_length=len(prompt), token_ids=ids,
+                                   text=None if texts is None else texts[row],
+                                   shard=c.record["file"], row=row)
+                    for row, (index, prompt, ids) in enumerate(
+                        zip(shard.indexes, shard.prompts, c.token_ids))], c.record, 0))
+        if finished:
+            logger.info("resuming the run in %s: %d of %d batch(es) are done there",
+                        writer.directory, len(finished), len(shards))
+        return RunStart(settings, finished, index_there)
 
     def run(self, shard: Shard, seed: int) -> ShardOutput:
         """Generates for one shard's prompts and writes its activations as shard file
@@ -440,7 +481,7 @@ class Replica:
         record = None
         if writer is not None:
             record = writer.write_shard(shard.number, shard.indexes, lengths, out.token_ids,
-                                        out.activations)
+                                        out.activations, run=shard.run)
         results = [PipelineResult(index=index, prompt_length=lengths[row], token_ids=list(ids),
                                   text=None if out.texts is None else out.texts[row],
                                   shard=None if record is None else record["file"],
@@ -450,11 +491,12 @@ class Replica:
                            sum(len(t) for t in out.token_ids))
 
     def finish(self, seed: Optional[int], records: List[Dict[str, Any]],
-               failed: List[Dict[str, Any]]) -> Path:
-        """Writes the run's ``index.json`` over the shards' ``records`` (in shard order)."""
+               failed: List[Dict[str, Any]], settings: Optional[Dict[str, Any]] = None) -> Path:
+        """Writes the run's ``index.json`` over the shards' ``records`` (in shard order), with
+        the run's ``settings`` under "run"."""
         writer = self._writer()
         writer.shards = list(records)
-        path = writer.finish(self._index_header(seed), failed)
+        path = writer.finish({**self._index_header(seed), "run": settings}, failed)
         logger.info("wrote %d shard(s) and %s", len(records), path)
         return path
 
@@ -571,15 +613,28 @@ class InferencePipeline:
         self.close()
 
     def generate(self, prompts: Union[Sequence[str], Sequence[Sequence[int]], np.ndarray], *,
-                 overwrite: bool = False, progress: bool = True) -> PipelineOutput:
+                 overwrite: bool = False, resume: bool = False,
+                 progress: bool = True) -> PipelineOutput:
         """Generates for every prompt, ``batch_size`` prompts at a time; results in prompt order.
 
         ``prompts``: a list of strings (needs the checkpoint's tokenizer) and/or of token-id lists.
         All prompts are checked before the first batch runs. With ``extract_activations``, a
         directory that already holds a run (an ``index.json``, or shards of an unfinished run)
         raises FileExistsError unless ``overwrite=True``, which first deletes that run's files
-        (only those: ``index.json``, ``shard-*.safetensors`` and leftover temporaries).
+        (only those: ``index.json``, ``shard-*.safetensors`` and leftover temporaries), or
+        ``resume=True``.
         ``progress``: show a tqdm bar over prompts (all workers' together).
+
+        ``resume=True`` continues a run that was interrupted (Ctrl-C, a crash, a lost machine):
+        the batches whose shards are in ``activations_dir`` are not computed again (their results
+        are read back from the shards), the others are, and the index written at the end is the
+        one an uninterrupted run writes. It needs the same settings as that run: the same model,
+        adapter and dtype, the same prompts, ``batch_size``, ``max_new_tokens``, sampling (an
+        unseeded sampling run resumes with the seed it drew) and ``layers_to_extract`` /
+        ``capture_positions``; else ValueError says what differs and nothing is touched. Threads,
+        workers and the backend may change. An empty or missing directory just starts the run.
+
+            out = pipe.generate(prompts, resume=True)     # after a Ctrl-C: computes the rest
 
         Sampling (``temperature > 0``): prompt i draws from random stream i of ``seed`` whatever
         its batch, so a run repeats exactly for the same seed, at any ``batch_size`` and on any
@@ -594,13 +649,23 @@ class InferencePipeline:
         """
         backend = self._require_setup()
         cfg = self.config
+        if resume and not cfg.extract_activations:
+            raise ValueError("resume=True continues from the shards a run wrote to "
+                             "activations_dir, but this config has extract_activations=False: "
+                             "there is nothing to resume from")
         shards = plan_shards(backend.call("encode", prompts), cfg.batch_size)
         count = sum(len(s.prompts) for s in shards)
-        if cfg.extract_activations:
-            backend.call("start", overwrite)
         seed = cfg.seed
         if seed is None and cfg.temperature > 0:
             seed = int.from_bytes(os.urandom(8), "little")
+        started_run = RunStart({}, [], False)
+        if cfg.extract_activations:
+            started_run = backend.call("start", overwrite, resume, shards, seed)
+            if cfg.temperature > 0:
+                seed = started_run.settings["seed"]
+            shards = [dataclasses.replace(s, run=started_run.settings) for s in shards]
+        finished = {outcome.shard for outcome in started_run.finished}
+        todo = [s for s in shards if s.number not in finished]
 
         results: List[Optional[PipelineResult]] = [None] * count
         records: List[Dict[str, Any]] = []
@@ -628,7 +693,10 @@ class InferencePipeline:
                 bar.set_postfix_str(f"{rate:.1f} tok/s" + (f", {len(failed)} batch(es) failed"
                                                             if failed else ""), refresh=False)
 
-            backend.run(shards, seed or 0, done)
+            for outcome in started_run.finished:
+                done(outcome)
+            if todo:
+                backend.run(todo, seed or 0, done)
 
         failed.sort(key=lambda f: f.shard)
         if failed:
@@ -639,9 +707,12 @@ class InferencePipeline:
                 "; ".join(f"batch {f.shard} (prompts {_ranges(f.prompt_indexes)}): {f.error}"
                           for f in failed))
         index_path = None
-        if cfg.extract_activations:
+        if cfg.extract_activations and not todo and started_run.index_there:
+            index_path = Path(cfg.activations_dir) / INDEX_FILE  # the finished run's, kept
+        elif cfg.extract_activations:
             records.sort(key=lambda r: r["file"])
-            index_path = backend.call("finish", seed, records, [f.record() for f in failed])
+            index_path = backend.call("finish", seed, records, [f.record() for f in failed],
+                                      started_run.settings)
         return PipelineOutput(results, index_path, self._has_text, failed)  # type: ignore[arg-type]
 
 

@@ -173,6 +173,27 @@ def test_a_batch_that_fails_every_retry_is_reported_and_the_rest_kept(checkpoint
     assert not acts["final_norm"][[4, 5]].any() and not acts.valid_mask()[[4, 5]].any()
 
 
+def test_resume_redoes_only_the_failed_batch(checkpoint, tmp_path, monkeypatch):
+    """A batch that failed every retry is the one thing resume=True computes again; the other
+    shards stay as they are, and the index becomes the local run's."""
+    local = _run(_config(checkpoint, tmp_path / "local", **SAMPLING), PROMPTS)
+    config = _ray(_config(checkpoint, tmp_path / "ray", **SAMPLING), max_retries=0)
+    with monkeypatch.context() as patch:
+        patch.setenv("INFERMODE_TEST_EXIT_IN_SHARD", "2")
+        assert _run(config, PROMPTS).failed_indexes == [4, 5]
+    kept = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("shard-*")}
+    assert sorted(kept) == [f"shard-{n:05d}.safetensors" for n in (0, 1, 3)]
+
+    with im.InferencePipeline(config) as pipe:
+        out = pipe.generate(PROMPTS, resume=True, progress=False)
+    assert out.results == local.results and out.failed == []
+    assert {name: (tmp_path / "ray" / name).stat().st_mtime_ns for name in kept} == kept
+    ours, theirs = load_index(tmp_path / "ray"), load_index(tmp_path / "local")
+    for key in ("shards", "failed", "num_prompts", "seed", "run"):
+        assert ours[key] == theirs[key], key
+    _assert_same_activations(tmp_path / "ray", tmp_path / "local")
+
+
 def test_a_worker_lost_for_good_is_replaced(checkpoint, monkeypatch):
     # Batch 0 is slow; when batch 1 is back, its worker is killed for good (no restart): batch 0
     # is reported and a new worker takes the remaining batches.

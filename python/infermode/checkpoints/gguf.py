@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from infermode.checkpoints._gguf_layout import GGUFLayoutError, checked_reader
 from infermode.checkpoints._gguf_tokenizer import build_tokenizer, end_of_generation_ids
-from infermode.checkpoints.hf import Checkpoint, ModelConfig, weight_names
+from infermode.checkpoints.hf import Checkpoint, ModelConfig, blocks_held, weight_names
 from infermode.checkpoints.hf import load_tokenizer as _load_hf_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -320,6 +321,10 @@ class GGUFFile:
             >>> ckpt = open_gguf("model.gguf").checkpoint()
         """
         config = self.config
+        held = blocks_held(self._tensors, "blk.")
+        if held != config.num_hidden_layers:
+            raise ValueError(f"{self.path}: metadata '{self.architecture}.block_count' is "
+                             f"{config.num_hidden_layers}, but the file holds {held} block(s)")
         weights: Dict[str, np.ndarray] = {}
         dtypes: Dict[str, str] = {}
         for name, shape in weight_names(config).items():
@@ -411,9 +416,8 @@ class GGUFFile:
 
 
 def _read(path: Path) -> "gguf.GGUFReader":
-    """The gguf package's reader over ``path``, its failures turned into one clear ValueError."""
-    import gguf
-
+    """The gguf package's reader over ``path`` (its tensor table checked against the file), its
+    failures turned into one clear ValueError."""
     if not path.exists():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
     if not path.is_file():
@@ -423,7 +427,9 @@ def _read(path: Path) -> "gguf.GGUFReader":
     if magic != _MAGIC:
         raise ValueError(f"{path} is not a GGUF file: it starts with {magic!r}, not {_MAGIC!r}")
     try:
-        reader = gguf.GGUFReader(path, "r")
+        reader = checked_reader(path)
+    except GGUFLayoutError:
+        raise  # names the file and the tensor already
     except Exception as exc:  # the reader raises ValueError, KeyError, struct and numpy errors
         raise ValueError(f"{path} is not a valid GGUF file (truncated or corrupt?): "
                          f"{type(exc).__name__}: {exc}") from None

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -63,6 +63,10 @@ SUPPORTED_ROPE_TYPES = ("llama3",)
 
 #: Storage dtypes the decoder accepts for weights, as named in :attr:`Checkpoint.dtypes`.
 WEIGHT_DTYPES = ("float32", "float16", "bfloat16")
+
+#: The largest size (vocab_size, hidden_size, max_position_embeddings, ...) a config may give.
+MAX_SIZE = 2**31 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _LLAMA3_KEYS: Tuple[Tuple[str, type], ...] = (
     ("factor", float),
@@ -123,6 +127,11 @@ class ModelConfig:
             value = getattr(self, name)
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if value > MAX_SIZE:
+                # The core holds sizes and token ids in 32/64-bit ints; nothing this large is a
+                # real model, and a bigger number would only fail later, without naming the key.
+                raise ValueError(f"{name} is {value}, more than any model has (at most "
+                                 f"{MAX_SIZE}); a corrupt config?")
             object.__setattr__(self, name, int(value))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
@@ -135,8 +144,11 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+            # The kernels compute in float32: a value past its range would become inf there.
+            if not _is_number(value) or not math.isfinite(value) or value <= 0 \
+                    or value > _FLOAT32_MAX:
+                raise ValueError(f"{name} must be a positive finite number (in float32's "
+                                 f"range), got {value!r}")
             object.__setattr__(self, name, float(value))
         object.__setattr__(self, "rope_scaling", _normalise_rope_scaling(self.rope_scaling))
         for name in ("tie_word_embeddings", "attention_bias", "mlp_bias"):
@@ -150,6 +162,13 @@ class ModelConfig:
             raise ValueError(f"bos_token_id must be a non-negative int or None, "
                              f"got {self.bos_token_id!r}")
         object.__setattr__(self, "eos_token_ids", _token_ids(self.eos_token_ids))
+        # An end-of-sequence id the model cannot emit would silently never stop a generation.
+        for name, ids in (("bos_token_id", (self.bos_token_id,)),
+                          ("eos_token_id", self.eos_token_ids)):
+            outside = [t for t in ids if t is not None and t >= self.vocab_size]
+            if outside:
+                raise ValueError(f"{name} {outside[0]} is outside the vocabulary "
+                                 f"(vocab_size {self.vocab_size})")
         if self.torch_dtype is not None and not isinstance(self.torch_dtype, str):
             raise ValueError(f"torch_dtype must be a str or None, got {self.torch_dtype!r}")
 
@@ -203,6 +222,11 @@ def _config_fields(d: Mapping[str, Any]) -> Dict[str, Any]:
     hidden_size = _key(d, "hidden_size", int)
     if num_heads <= 0:
         raise ValueError(f"num_attention_heads must be a positive int, got {num_heads}")
+    if d.get("head_dim") is None and hidden_size % num_heads:
+        # transformers would floor hidden_size / num_attention_heads: a config that means to
+        # have such heads says so with head_dim.
+        raise ValueError(f"hidden_size ({hidden_size}) is not divisible by num_attention_heads "
+                         f"({num_heads}), and there is no head_dim to say how wide a head is")
     rope_theta, rope_scaling = _rope_settings(d)
     eos = d.get("eos_token_id")  # an int, a list of ints or null
     if eos is not None and not (_is_int(eos) or (isinstance(eos, list)
@@ -313,9 +337,10 @@ def _normalise_rope_scaling(value: Any) -> Optional[Dict[str, Any]]:
         if raw is None:
             raise ValueError(f"rope_scaling: rope_type {rope_type!r} needs {key!r}")
         if not (_is_int(raw) if kind is int else _is_number(raw)) or not math.isfinite(raw) \
-                or raw <= 0:
+                or raw <= 0 or raw > MAX_SIZE:
             raise ValueError(f"rope_scaling: {key!r} must be a positive "
-                             f"{'int' if kind is int else 'number'}, got {raw!r}")
+                             f"{'int' if kind is int else 'number'} up to {MAX_SIZE}, "
+                             f"got {raw!r}")
         out[key] = kind(raw)
     if out["high_freq_factor"] <= out["low_freq_factor"]:
         # The llama3 rule blends between the two wavelength bounds by dividing by their difference.
@@ -376,6 +401,17 @@ def weight_names(config: ModelConfig) -> Dict[str, Tuple[int, ...]]:
     return names
 
 
+def blocks_held(names: Iterable[str], prefix: str) -> int:
+    """How many blocks tensors ``names`` hold: one more than the largest i in ``{prefix}{i}.``.
+
+    Checked against the config before :func:`weight_names` lists every expected tensor: a corrupt
+    count (10**9 layers) would otherwise build billions of names before the first one is missed.
+    """
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
+    found = [int(m.group(1)) for m in map(pattern.match, names) if m]
+    return max(found) + 1 if found else 0
+
+
 # ------------------------------------------------------------------------------------ checkpoint
 
 SINGLE_FILE = "model.safetensors"
@@ -428,6 +464,11 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
                                 f"(or {INDEX_FILE} and its shards)")
     config = _with_generation_eos(ModelConfig.from_json(directory / "config.json"), directory)
     tensors, dtypes, origin = _map_weight_files(directory)
+    held = blocks_held(tensors, "model.layers.")
+    if held != config.num_hidden_layers:
+        raise ValueError(f"{directory / 'config.json'}: num_hidden_layers is "
+                         f"{config.num_hidden_layers}, but {_describe_files(origin)} "
+                         f"hold{'s' if len(set(origin.values())) == 1 else ''} {held} block(s)")
 
     weights: Dict[str, np.ndarray] = {}
     for name, shape in weight_names(config).items():
@@ -470,10 +511,10 @@ def _with_generation_eos(config: ModelConfig, directory: Path) -> ModelConfig:
     eos = gen.get("eos_token_id") if isinstance(gen, Mapping) else None
     try:
         extra = _token_ids(eos)
+        merged = config.eos_token_ids + tuple(t for t in extra if t not in config.eos_token_ids)
+        return replace(config, eos_token_ids=merged) if merged != config.eos_token_ids else config
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    merged = config.eos_token_ids + tuple(t for t in extra if t not in config.eos_token_ids)
-    return replace(config, eos_token_ids=merged) if merged != config.eos_token_ids else config
 
 
 TensorMaps = Tuple[Dict[str, np.ndarray], Dict[str, str], Dict[str, Path]]
