@@ -223,6 +223,8 @@ void register_models(py::module_& m) {
             options.stop_ids = stop_ids;
             options.threads = threads;
             const CapturePositions mode = parse_capture_positions(capture_positions.c_str());
+            // Before the capture buffers, whose size grows with max_new_tokens.
+            check_generate(*self.model, prompts, options);
             int64_t longest = 0;
             std::vector<int64_t> lengths;
             for (const auto& p : prompts) {
