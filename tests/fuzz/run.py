@@ -3,7 +3,7 @@ how many inputs ran and how many crashed. ``scripts/fuzz`` calls this:
 
     scripts/fuzz                          # every target, 60 s each
     scripts/fuzz --seconds 600 gguf       # one target, ten minutes
-    scripts/fuzz --runs 1000000 --keep-going
+    scripts/fuzz --runs 1000000 --seconds 3600 --keep-going   # whichever comes first
     scripts/fuzz --update-corpus tokenizer
 
 Each target runs in its own process under libFuzzer (through atheris), on a scratch copy of its
@@ -55,9 +55,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("targets", nargs="*", metavar="target",
                         help=f"targets to run (default: all): {', '.join(TARGETS)}")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--seconds", type=int, help="fuzzing time per target (default 60)")
-    budget.add_argument("--runs", type=int, help="inputs per target")
+    parser.add_argument("--seconds", type=int,
+                        help="fuzzing time per target (default 60 unless --runs is given)")
+    parser.add_argument("--runs", type=int,
+                        help="inputs per target (with --seconds: whichever comes first)")
     parser.add_argument("--max-len", type=int, help="longest input in bytes (default: "
                         "libFuzzer's: the largest seed, at least 4096)")
     parser.add_argument("--timeout", type=int, default=30,
@@ -102,15 +103,15 @@ def run_target(target: str, args: argparse.Namespace) -> Result:
                 flags.append(f"-max_len={args.max_len}")
             if args.seed is not None:
                 flags.append(f"-seed={args.seed + attempt}")
+            limit: Optional[float] = None
             if deadline is not None:
                 remaining = int(deadline - time.monotonic())
                 if remaining < 1:
                     break
                 flags.append(f"-max_total_time={remaining}")
-                limit: Optional[float] = remaining + STARTUP_GRACE + args.timeout
-            else:
+                limit = remaining + STARTUP_GRACE + args.timeout
+            if args.runs is not None:
                 flags.append(f"-runs={args.runs - result.inputs}")
-                limit = None
             log.write(f"\n=== attempt {attempt + 1}: {' '.join(flags)}\n")
             log.flush()
             started = time.monotonic()
@@ -185,7 +186,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results: List[Result] = []
     for target in args.targets or TARGETS:
-        budget = f"{args.seconds} s" if args.seconds else f"{args.runs:,} inputs"
+        budget = " or ".join(([f"{args.seconds} s"] if args.seconds else []) +
+                             ([f"{args.runs:,} inputs"] if args.runs else []))
         print(f"[fuzz] {target}: {budget}", flush=True)
         results.append(run_target(target, args))
     report(results)
