@@ -37,6 +37,9 @@ void check_config(const DecoderConfig& c) {
            c.kv_heads);
   IM_CHECK(c.head_dim % 2 == 0, "decoder config: head_dim must be even for RoPE, got {}",
            c.head_dim);
+  // Checked here, not first by the norm in the forward pass: a model that is built must run.
+  IM_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps >= 0.0f,
+           "decoder config: rms_norm_eps must be finite and >= 0, got {}", c.rms_norm_eps);
   // Tensor sizes are products of these fields, and a config read from a file must not overflow
   // one into a small number that some tensor then matches: each field fits 31 bits (real models
   // are far below), so products of two fit 62; the largest matrix's is checked.
