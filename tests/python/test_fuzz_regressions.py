@@ -2,6 +2,7 @@
 leak an unnamed exception or answer wrongly, each now refused with a named error. The exact
 crash inputs are kept in tests/fuzz/regressions/<target>/ and replayed through their targets by
 the last test."""
+import contextlib
 import json
 import shutil
 import struct
@@ -39,23 +40,31 @@ def snapshot(directory):
     return {p.name: p.read_bytes() for p in directory.iterdir()}
 
 
+@contextlib.contextmanager
+def refused(directory, match):
+    """Expects a ValueError matching ``match``, and no file of ``directory`` changed (readers
+    never write)."""
+    before = snapshot(directory)
+    with pytest.raises(ValueError, match=match):
+        yield
+    assert snapshot(directory) == before
+
+
 # ----------------------------------------------------------------------- Hugging Face directories
 
 
 def test_chat_template_file_that_is_not_utf8_is_named(checkpoint):
     # fuzz_tokenizer: chat_template.jinja with a byte that is not UTF-8 leaked UnicodeDecodeError.
     (checkpoint / "chat_template.jinja").write_bytes(b"{{ messages }}\x8c")
-    before = snapshot(checkpoint)
-    with pytest.raises(ValueError, match=r"chat_template\.jinja is not UTF-8 text"):
+    with refused(checkpoint, r"chat_template\.jinja is not UTF-8 text"):
         infermode.CausalLM.from_pretrained(checkpoint)
-    assert snapshot(checkpoint) == before
 
 
 def test_named_chat_template_with_a_list_for_a_name_is_named(checkpoint):
     # Seen writing fuzz_tokenizer: a "name" that is not a string leaked TypeError (unhashable).
     settings = {"chat_template": [{"name": ["default"], "template": "x"}]}
     (checkpoint / "tokenizer_config.json").write_text(json.dumps(settings))
-    with pytest.raises(ValueError, match="tokenizer_config.json: 'chat_template' must be"):
+    with refused(checkpoint, "tokenizer_config.json: 'chat_template' must be"):
         infermode.CausalLM.from_pretrained(checkpoint)
 
 
@@ -64,14 +73,14 @@ def test_named_chat_template_with_a_list_for_a_name_is_named(checkpoint):
 def test_json_nested_too_deeply_is_named(checkpoint, name):
     # json raises RecursionError, not a ValueError, on arrays nested past the recursion limit.
     (checkpoint / name).write_text("[" * 100_000)
-    with pytest.raises(ValueError, match=rf"{name} is not valid JSON: it nests"):
+    with refused(checkpoint, rf"{name} is not valid JSON: it nests"):
         infermode.CausalLM.from_pretrained(checkpoint)
 
 
 def test_safetensors_header_nested_too_deeply_is_named(checkpoint):
     header = b"[" * 100_000
     (checkpoint / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
-    with pytest.raises(ValueError, match=r"model\.safetensors: the header is not valid JSON"):
+    with refused(checkpoint, r"model\.safetensors: the header is not valid JSON"):
         infermode.CausalLM.from_pretrained(checkpoint)
 
 
@@ -84,8 +93,8 @@ def test_safetensors_dtype_that_is_a_list_is_named(checkpoint):
     raw = json.dumps(header).encode()
     (checkpoint / "model.safetensors").write_bytes(
         struct.pack("<Q", len(raw)) + raw + data[8 + header_len:])
-    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.norm\.weight' has "
-                                         r"dtype \['F32'\]"):
+    with refused(checkpoint, r"model\.safetensors: tensor 'model\.norm\.weight' has "
+                             r"dtype \['F32'\]"):
         infermode.CausalLM.from_pretrained(checkpoint)
 
 
@@ -111,8 +120,8 @@ def test_config_with_billions_of_blocks_fails_at_the_first_missing_tensor(checkp
     config["num_hidden_layers"] = 2**31 - 1
     (checkpoint / "config.json").write_text(json.dumps(config))
     started = time.monotonic()
-    with pytest.raises(ValueError, match=r"tensor 'model\.layers\.1\.input_layernorm\.weight' "
-                                         r".* is missing"):
+    with refused(checkpoint, r"tensor 'model\.layers\.1\.input_layernorm\.weight' "
+                             r".* is missing"):
         infermode.CausalLM.from_pretrained(checkpoint)
     assert time.monotonic() - started < 10
 
@@ -159,8 +168,8 @@ def test_gguf_array_longer_than_the_file_is_refused_quickly(tmp_path):
 
     path = gguf_with(tmp_path, patch)
     started = time.monotonic()
-    with pytest.raises(ValueError, match=CORRUPT + r"8391438856702815006 elements of metadata "
-                                         r"'tokenizer\.ggml\.token_type'"):
+    with refused(tmp_path, CORRUPT + r"8391438856702815006 elements of metadata "
+                           r"'tokenizer\.ggml\.token_type'"):
         infermode.CausalLM.from_pretrained(path)
     assert time.monotonic() - started < 10
 
@@ -169,8 +178,9 @@ def test_gguf_tensor_count_larger_than_the_file_is_refused(tmp_path):
     def patch(data):
         data[8:16] = struct.pack("<Q", 2**60)
 
-    with pytest.raises(ValueError, match=CORRUPT + "1152921504606846976 tensor infos"):
-        infermode.CausalLM.from_pretrained(gguf_with(tmp_path, patch))
+    path = gguf_with(tmp_path, patch)
+    with refused(tmp_path, CORRUPT + "1152921504606846976 tensor infos"):
+        infermode.CausalLM.from_pretrained(path)
 
 
 def test_gguf_metadata_string_that_is_not_utf8_is_named(tmp_path):
@@ -180,9 +190,10 @@ def test_gguf_metadata_string_that_is_not_utf8_is_named(tmp_path):
         start = value_offset(data, "tokenizer.chat_template") + 8
         data[start + 3] = 0x85
 
-    with pytest.raises(ValueError, match=r"metadata 'tokenizer\.chat_template' cannot be read: "
-                                         "UnicodeDecodeError"):
-        infermode.CausalLM.from_pretrained(gguf_with(tmp_path, patch))
+    path = gguf_with(tmp_path, patch)
+    with refused(tmp_path, r"metadata 'tokenizer\.chat_template' cannot be read: "
+                           "UnicodeDecodeError"):
+        infermode.CausalLM.from_pretrained(path)
 
 
 def test_gguf_merge_of_tokens_missing_from_the_vocabulary_is_named(tmp_path):
@@ -192,9 +203,10 @@ def test_gguf_merge_of_tokens_missing_from_the_vocabulary_is_named(tmp_path):
         start = data.index(merge) + 8
         data[start] = ord("Q")
 
-    with pytest.raises(ValueError, match=r"model\.gguf: the tokenizer its metadata describes "
-                                         r"cannot be built: .*Token `Q` out of vocabulary"):
-        infermode.CausalLM.from_pretrained(gguf_with(tmp_path, patch))
+    path = gguf_with(tmp_path, patch)
+    with refused(tmp_path, r"model\.gguf: the tokenizer its metadata describes "
+                           r"cannot be built: .*Token `Q` out of vocabulary"):
+        infermode.CausalLM.from_pretrained(path)
 
 
 def test_gguf_rope_factors_below_one_are_named(tmp_path):
@@ -206,9 +218,9 @@ def test_gguf_rope_factors_below_one_are_named(tmp_path):
             data[at:at + 4] = struct.pack("<f", new)
 
     path = gguf_with(tmp_path, patch, seed="llama-f16-llama3")
-    with pytest.raises(ValueError, match=r"tensor 'rope_freqs\.weight'.* follow no Llama 3 "
-                                         r"scaling rule \(they must lie between 1 and a factor "
-                                         r"above 1; they range from 0\.5 to 1\.0\)"):
+    with refused(tmp_path, r"tensor 'rope_freqs\.weight'.* follow no Llama 3 "
+                           r"scaling rule \(they must lie between 1 and a factor "
+                           r"above 1; they range from 0\.5 to 1\.0\)"):
         infermode.CausalLM.from_pretrained(path)
 
 
@@ -235,8 +247,8 @@ def edit_adapter_config(directory, **changes):
 def test_adapter_rank_pattern_that_is_not_a_regex_is_named(adapter):
     # fuzz_peft_adapter: the key is a regular expression; an unbalanced one leaked re.error.
     edit_adapter_config(adapter, rank_pattern={"k_proj)": 2})
-    with pytest.raises(ValueError, match=r"rank_pattern/alpha_pattern key 'k_proj\)' is not a "
-                                         "regular expression: unbalanced parenthesis"):
+    with refused(adapter, r"rank_pattern/alpha_pattern key 'k_proj\)' is not a "
+                          "regular expression: unbalanced parenthesis"):
         infermode.CausalLM.from_pretrained(TINY_LLAMA, adapter=adapter)
 
 
@@ -245,7 +257,7 @@ def test_adapter_lora_alpha_that_is_not_finite_is_named(adapter, alpha):
     # Seen reading peft.py while fuzzing it: Python's JSON reads Infinity and NaN, and merging
     # scaled the update into NaN weights without a word.
     edit_adapter_config(adapter, lora_alpha=alpha)
-    with pytest.raises(ValueError, match=f"lora_alpha is {alpha}, expected a finite number"):
+    with refused(adapter, f"lora_alpha is {alpha}, expected a finite number"):
         infermode.CausalLM.from_pretrained(TINY_LLAMA, adapter=adapter)
 
 
@@ -341,6 +353,17 @@ def test_decoder_config_sizes_that_overflow_are_refused(model):
     config.update(num_attention_heads=2**62, num_key_value_heads=2**62)
     with pytest.raises(ValueError, match="heads is 4611686018427387904, more than any model"):
         _core.Decoder(config, {})
+
+
+@pytest.mark.parametrize("eps", [-1.0, float("inf"), float("nan")])
+def test_decoder_with_an_rms_norm_eps_no_norm_takes_is_refused_when_built(model, eps):
+    # fuzz_core_boundary (the long run): the Decoder was built, and its first forward pass
+    # refused the eps; a model that is built must run.
+    config = dict(infermode.llm._core_config(model.config), rms_norm_eps=eps)
+    tensors = {n: np.ascontiguousarray(a, np.float32)
+               for n, a in model._checkpoint.weights.items()}
+    with pytest.raises(ValueError, match="rms_norm_eps must be finite and >= 0"):
+        _core.Decoder(config, tensors)
 
 
 def test_generate_checks_its_arguments_before_allocating_capture_buffers(model):
