@@ -30,6 +30,8 @@ REPO = HERE.parent.parent
 TINY_LLAMA = HERE / "tiny-llama"
 
 SEPARATOR = b"\n\x00--infermode-fuzz-file--\x00\n"
+# Scratch directories are named <prefix><pid>-<random>, so that a later run can tell its own.
+_PREFIX = "infermode-fuzz-"
 
 # The files each multi-file target's input holds, in order.
 #: A Hugging Face checkpoint directory: one weight file, or an index and two shards.
@@ -80,7 +82,8 @@ class Scratch:
 
     def __init__(self, name: str) -> None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-        self.root = Path(tempfile.mkdtemp(prefix="infermode-fuzz-", dir=base))
+        _remove_orphans(Path(base or tempfile.gettempdir()))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
         self.path = self.root / name
         self.path.mkdir()
         self._written: Dict[str, bytes] = {}
@@ -106,6 +109,16 @@ class Scratch:
             path = self.path / name
             if not path.is_file() or path.read_bytes() != content:
                 raise Finding(f"{path} was changed or removed by the code under test")
+
+
+def _remove_orphans(base: Path) -> None:
+    """Removes the scratch directories of target processes that have ended. A target cannot
+    clean up after itself: libFuzzer ends the process with C's exit(), which skips Python's
+    atexit handlers, and on tmpfs the leftovers would hold memory."""
+    for directory in base.glob(f"{_PREFIX}*"):
+        pid = directory.name[len(_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def check_loader_error(exc: BaseException, where: Path) -> None:
