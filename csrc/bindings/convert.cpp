@@ -7,6 +7,10 @@
 namespace infermode::bindings {
 namespace {
 
+// NumPy's byte-order mark for the order this machine does not use: such an array has the kind
+// and size of a dtype the core takes, but read as it lies its values are other numbers.
+constexpr char kSwappedOrder = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? '>' : '<';
+
 DType to_dtype(const py::dtype& dt, const char* name) {
   const char kind = dt.kind();
   const auto size = dt.itemsize();
@@ -25,6 +29,10 @@ DType to_dtype(const py::dtype& dt, const char* name) {
 
 Tensor borrow_array(const py::array& arr, const char* name, bool writable, bool bfloat16) {
   IM_CHECK(!writable || arr.writeable(), "{} is read-only; pass a writable array", name);
+  IM_CHECK_TYPE(arr.dtype().byteorder() != kSwappedOrder,
+                "{} has dtype {}, in the byte order this machine does not use; pass "
+                "{}.astype({}.dtype.newbyteorder('='))", name, std::string(py::str(arr.dtype())),
+                name, name);
   IM_CHECK_TYPE(!bfloat16 || (arr.dtype().kind() == 'u' && arr.itemsize() == 2),
                 "{} is marked bfloat16 but has dtype {}; pass its bits as uint16", name,
                 std::string(py::str(arr.dtype())));

@@ -55,13 +55,18 @@ void register_kernels(py::module_& m) {
 
   m.def(
       "quantize",
-      [](const py::array_t<float, py::array::c_style | py::array::forcecast>& w,
-         const std::string& format) {
+      [](const py::array& given, const std::string& format) {
         const QuantFormat f = parse_quant_format(format);
-        IM_CHECK(w.ndim() == 2, "quantize: w must be 2-d (rows, cols), got {} dims", w.ndim());
-        const int64_t rows = w.shape(0), cols = w.shape(1);
+        // Checked on the array as given: the float32 copy below would otherwise be made first,
+        // of any size (a broadcast array of billions of values takes no memory until copied).
+        IM_CHECK_TYPE(given.dtype().kind() == 'f', "quantize: w has dtype {}; pass a float array",
+                      std::string(py::str(given.dtype())));
+        IM_CHECK(given.ndim() == 2, "quantize: w must be 2-d (rows, cols), got {} dims",
+                 given.ndim());
+        const int64_t rows = given.shape(0), cols = given.shape(1);
         IM_CHECK(cols % kQuantBlock == 0 && cols > 0,
                  "quantize: cols ({}) must be a positive multiple of {}", cols, kQuantBlock);
+        const py::array_t<float, py::array::c_style | py::array::forcecast> w(given);
         py::array_t<uint8_t> out({rows, cols / kQuantBlock * int64_t(quant_block_bytes(f))});
         const float* src = w.data();
         uint8_t* dst = out.mutable_data();

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/config_value.h"
 #include "bindings/convert.h"
 #include "core/error.h"
 #include "kernels/quant_pack.h"
@@ -22,36 +23,34 @@ namespace py = pybind11;
 namespace infermode::bindings {
 namespace {
 
-template <typename T>
-T get(const py::dict& d, const char* key) {
-  IM_CHECK(d.contains(key), "model config has no '{}'", key);
-  return d[key].cast<T>();
-}
+constexpr const char* kWhere = "model config";
 
 DecoderConfig decoder_config(const py::dict& d) {
   DecoderConfig c;
-  c.vocab_size = get<int64_t>(d, "vocab_size");
-  c.hidden_size = get<int64_t>(d, "hidden_size");
-  c.intermediate_size = get<int64_t>(d, "intermediate_size");
-  c.layers = get<int64_t>(d, "num_hidden_layers");
-  c.heads = get<int64_t>(d, "num_attention_heads");
-  c.kv_heads = get<int64_t>(d, "num_key_value_heads");
-  c.head_dim = get<int64_t>(d, "head_dim");
-  c.max_positions = get<int64_t>(d, "max_position_embeddings");
-  c.rms_norm_eps = get<float>(d, "rms_norm_eps");
-  c.attention_bias = get<bool>(d, "attention_bias");
-  c.tie_word_embeddings = get<bool>(d, "tie_word_embeddings");
+  c.vocab_size = config_value<int64_t>(d, "vocab_size", kWhere);
+  c.hidden_size = config_value<int64_t>(d, "hidden_size", kWhere);
+  c.intermediate_size = config_value<int64_t>(d, "intermediate_size", kWhere);
+  c.layers = config_value<int64_t>(d, "num_hidden_layers", kWhere);
+  c.heads = config_value<int64_t>(d, "num_attention_heads", kWhere);
+  c.kv_heads = config_value<int64_t>(d, "num_key_value_heads", kWhere);
+  c.head_dim = config_value<int64_t>(d, "head_dim", kWhere);
+  c.max_positions = config_value<int64_t>(d, "max_position_embeddings", kWhere);
+  c.rms_norm_eps = config_value<float>(d, "rms_norm_eps", kWhere);
+  c.attention_bias = config_value<bool>(d, "attention_bias", kWhere);
+  c.tie_word_embeddings = config_value<bool>(d, "tie_word_embeddings", kWhere);
   c.rope.head_dim = c.head_dim;
-  c.rope.theta = get<double>(d, "rope_theta");
+  c.rope.theta = config_value<double>(d, "rope_theta", kWhere);
   if (d.contains("rope_scaling") && !d["rope_scaling"].is_none()) {
     py::dict s = d["rope_scaling"].cast<py::dict>();
-    const std::string type = get<std::string>(s, "rope_type");
+    const char* scaling = "model config's rope_scaling";
+    const std::string type = config_value<std::string>(s, "rope_type", scaling);
     IM_CHECK(type == "llama3", "rope_type '{}' is not supported (supported: default, llama3)",
              type);
-    c.rope.factor = get<double>(s, "factor");
-    c.rope.low_freq_factor = get<double>(s, "low_freq_factor");
-    c.rope.high_freq_factor = get<double>(s, "high_freq_factor");
-    c.rope.original_max_positions = get<int64_t>(s, "original_max_position_embeddings");
+    c.rope.factor = config_value<double>(s, "factor", scaling);
+    c.rope.low_freq_factor = config_value<double>(s, "low_freq_factor", scaling);
+    c.rope.high_freq_factor = config_value<double>(s, "high_freq_factor", scaling);
+    c.rope.original_max_positions =
+        config_value<int64_t>(s, "original_max_position_embeddings", scaling);
   }
   return c;
 }
@@ -223,6 +222,8 @@ void register_models(py::module_& m) {
             options.stop_ids = stop_ids;
             options.threads = threads;
             const CapturePositions mode = parse_capture_positions(capture_positions.c_str());
+            // Before the capture buffers, whose size grows with max_new_tokens.
+            check_generate(*self.model, prompts, options);
             int64_t longest = 0;
             std::vector<int64_t> lengths;
             for (const auto& p : prompts) {

@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "bindings/config_value.h"
 #include "bindings/convert.h"
 #include "core/error.h"
 #include "models/transformer_stack.h"
@@ -17,44 +18,33 @@ namespace py = pybind11;
 namespace infermode::bindings {
 namespace {
 
-template <typename T>
-T get(const py::dict& d, const char* key, const char* where) {
-  IM_CHECK(d.contains(key), "{} has no '{}'", where, key);
-  try {
-    return d[key].cast<T>();
-  } catch (const py::cast_error&) {
-    throw TypeError(fmt::format("{}: '{}' has the wrong type ({})", where, key,
-                                py::str(py::type::of(d[key]).attr("__name__")).cast<std::string>()));
-  }
-}
-
 StackBlockConfig block_config(const py::dict& d) {
   const char* where = "transformer stack block config";
   StackBlockConfig b;
-  b.causal = get<bool>(d, "causal", where);
-  b.scaled = get<bool>(d, "scaled", where);
-  b.attention_bias = get<bool>(d, "attention_bias", where);
-  const std::string rope = get<std::string>(d, "rope", where);
+  b.causal = config_value<bool>(d, "causal", where);
+  b.scaled = config_value<bool>(d, "scaled", where);
+  b.attention_bias = config_value<bool>(d, "attention_bias", where);
+  const std::string rope = config_value<std::string>(d, "rope", where);
   IM_CHECK(rope == "none" || rope == "half_split",
            "{}: rope '{}' is not supported (supported: none, half_split)", where, rope);
   b.rope = rope == "none" ? StackRope::none : StackRope::half_split;
-  if (b.rope != StackRope::none) b.rope_theta = get<double>(d, "rope_theta", where);
-  const std::string mlp = get<std::string>(d, "mlp", where);
+  if (b.rope != StackRope::none) b.rope_theta = config_value<double>(d, "rope_theta", where);
+  const std::string mlp = config_value<std::string>(d, "mlp", where);
   IM_CHECK(mlp == "swiglu", "{}: mlp '{}' is not supported (supported: swiglu)", where, mlp);
-  b.mlp_bias = get<bool>(d, "mlp_bias", where);
+  b.mlp_bias = config_value<bool>(d, "mlp_bias", where);
   return b;
 }
 
 StackConfig stack_config(const py::dict& d) {
   const char* where = "transformer stack config";
   StackConfig c;
-  c.hidden = get<int64_t>(d, "hidden", where);
-  c.heads = get<int64_t>(d, "heads", where);
-  c.head_dim = get<int64_t>(d, "head_dim", where);
-  c.intermediate = get<int64_t>(d, "intermediate", where);
-  c.norm_eps = get<float>(d, "norm_eps", where);
-  c.final_norm = get<bool>(d, "final_norm", where);
-  for (const py::handle& b : get<py::list>(d, "blocks", where))
+  c.hidden = config_value<int64_t>(d, "hidden", where);
+  c.heads = config_value<int64_t>(d, "heads", where);
+  c.head_dim = config_value<int64_t>(d, "head_dim", where);
+  c.intermediate = config_value<int64_t>(d, "intermediate", where);
+  c.norm_eps = config_value<float>(d, "norm_eps", where);
+  c.final_norm = config_value<bool>(d, "final_norm", where);
+  for (const py::handle& b : config_value<py::list>(d, "blocks", where))
     c.blocks.push_back(block_config(b.cast<py::dict>()));
   return c;
 }

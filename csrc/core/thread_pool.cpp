@@ -3,12 +3,15 @@
 #include <omp.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <fstream>
 #include <set>
 #include <string>
 #include <utility>
+
+#include "core/error.h"
 
 namespace infermode {
 namespace {
@@ -51,14 +54,20 @@ int default_threads() {
   if (n > 0) return n;
   if (const char* env = std::getenv("INFERMODE_NUM_THREADS")) {
     int v = std::atoi(env);
-    if (v > 0) return v;
+    if (v > 0) return std::min(v, kMaxThreads);
   }
-  return physical_cores();
+  return std::min(physical_cores(), kMaxThreads);
 }
 
-void set_num_threads(int n) { g_threads = n > 0 ? n : 0; }
+void set_num_threads(int n) {
+  IM_CHECK(n <= kMaxThreads, "set_num_threads: n={} is more than the {} threads infermode runs "
+           "at most", n, kMaxThreads);
+  g_threads = n > 0 ? n : 0;
+}
 
 int resolve_threads(int threads) {
+  IM_CHECK(threads <= kMaxThreads, "threads={} is more than the {} threads infermode runs at "
+           "most", threads, kMaxThreads);
   int n = threads > 0 ? threads : default_threads();
   return omp_in_parallel() ? 1 : n;
 }

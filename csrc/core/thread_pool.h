@@ -11,11 +11,16 @@ namespace infermode {
 int physical_cores();
 
 // The thread count used when a call passes threads=0: set_num_threads' value, else the
-// INFERMODE_NUM_THREADS environment variable, else physical_cores().
+// INFERMODE_NUM_THREADS environment variable, else physical_cores(); at most kMaxThreads.
 int default_threads();
 void set_num_threads(int n);  // n <= 0 restores the default
 
-// threads > 0 is taken as asked; 0 means default_threads().
+// The most threads one call runs on. OpenMP starts a team of any size it is asked for, and
+// libgomp does not fail cleanly when that is absurd: threads=200000 segfaulted inside
+// GOMP_parallel (found by fuzzing). No machine infermode runs on has this many cores.
+constexpr int kMaxThreads = 1024;
+
+// threads > 0 is taken as asked (ValueError above kMaxThreads); 0 means default_threads().
 int resolve_threads(int threads);
 
 // Splits [0, n) into nth near-equal ranges and returns the ith one, aligned to `align` items.

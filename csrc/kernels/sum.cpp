@@ -14,9 +14,7 @@ double sum(const Tensor& x, int threads) {
   auto kernel = kernels().sum_f32.fn;
   const float* xp = static_cast<const float*>(x.raw());
   int nth = n < (1 << 16) ? 1 : resolve_threads(threads);
-  constexpr int kMaxThreads = 1024;
-  if (nth > kMaxThreads) nth = kMaxThreads;
-  double partial[kMaxThreads] = {};
+  double partial[kMaxThreads] = {};  // resolve_threads gives at most kMaxThreads
   parallel_run(nth, [&](int ith, int team) {
     Range r = split_range(n, ith, team, 16);  // 64-byte pieces: no cache line is shared
     partial[ith] = r.end > r.begin ? kernel(xp + r.begin, r.end - r.begin) : 0.0;

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "core/error.h"
 #include "core/inference_mode.h"
@@ -35,6 +37,23 @@ void check_config(const DecoderConfig& c) {
            c.kv_heads);
   IM_CHECK(c.head_dim % 2 == 0, "decoder config: head_dim must be even for RoPE, got {}",
            c.head_dim);
+  // Checked here, not first by the norm in the forward pass: a model that is built must run.
+  IM_CHECK(std::isfinite(c.rms_norm_eps) && c.rms_norm_eps >= 0.0f,
+           "decoder config: rms_norm_eps must be finite and >= 0, got {}", c.rms_norm_eps);
+  // Tensor sizes are products of these fields, and a config read from a file must not overflow
+  // one into a small number that some tensor then matches: each field fits 31 bits (real models
+  // are far below), so products of two fit 62; the largest matrix's is checked.
+  const std::pair<const char*, int64_t> sizes[] = {
+      {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size}, {"heads", c.heads},
+      {"kv_heads", c.kv_heads}, {"head_dim", c.head_dim}};
+  for (const auto& [name, value] : sizes)
+    IM_CHECK(value <= INT32_MAX, "decoder config: {} is {}, more than any model has (at most {})",
+             name, value, INT32_MAX);
+  int64_t elements;
+  IM_CHECK(!__builtin_mul_overflow(c.heads * c.head_dim, c.hidden_size, &elements),
+           "decoder config: the attention matrices (heads {} x head_dim {} x hidden_size {}) "
+           "overflow a 64-bit size", c.heads, c.head_dim, c.hidden_size);
 }
 
 // Copies consecutive column ranges of `all` ((rows, sum of widths)) into each part ((rows, width)).
@@ -83,7 +102,12 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
                  const std::map<std::string, QuantView>& quantized, bool stack)
     : config_(config) {
   check_config(config_);
-  inv_freq_ = rope_inverse_frequencies(config_.rope);
+  // Each block has at least 9 tensors: a config claiming more blocks than there are tensors
+  // would otherwise list billions of names before finding the first one missing.
+  const int64_t given = int64_t(tensors.size() + quantized.size());
+  IM_CHECK(config_.layers <= given / 9,
+           "decoder config has {} blocks, but only {} tensors are given (each block has at "
+           "least 9)", config_.layers, given);
   std::map<std::string, Tensor> dense;
   std::map<std::string, QuantView> blocks;
   for (const auto& [name, shape] : decoder_tensor_names(config_)) {
@@ -118,6 +142,8 @@ Decoder::Decoder(const DecoderConfig& config, const std::map<std::string, Tensor
     IM_CHECK(t.is_contiguous(), "tensor '{}' is not contiguous", name);
     dense[name] = t;
   }
+  // After the shape checks: head_dim now matches real tensors, so its table is a sane size.
+  inv_freq_ = rope_inverse_frequencies(config_.rope);
   auto linear_of = [&](const std::string& name) {
     auto qt = blocks.find(name);
     return qt != blocks.end() ? Linear::pack({qt->second}) : Linear::borrow(dense.at(name));

@@ -27,7 +27,10 @@ std::pair<int64_t, std::string> split_layer(const std::string& name) {
   const size_t dot = name.find('.', prefix.size());
   if (dot == std::string::npos) return {-1, name};
   const std::string index = name.substr(prefix.size(), dot - prefix.size());
-  if (index.empty() || index.find_first_not_of("0123456789") != std::string::npos)
+  // Past 18 digits stoll would throw std::out_of_range (an IndexError in Python): no model has
+  // that many blocks, so such a name is outside the blocks like any other.
+  if (index.empty() || index.size() > 18 ||
+      index.find_first_not_of("0123456789") != std::string::npos)
     return {-1, name};
   return {std::stoll(index), name.substr(dot + 1)};
 }

@@ -8,11 +8,8 @@
 
 namespace infermode {
 
-std::vector<std::vector<int32_t>> generate(const Decoder& model,
-                                           const std::vector<std::vector<int32_t>>& prompts,
-                                           const GenerateOptions& options, HiddenStateSink* sink,
-                                           const StopCheck& should_stop,
-                                           const TokenCallback& on_token) {
+void check_generate(const Decoder& model, const std::vector<std::vector<int32_t>>& prompts,
+                    const GenerateOptions& options) {
   const DecoderConfig& c = model.config();
   IM_CHECK(!prompts.empty(), "generate: no prompts given");
   IM_CHECK(options.max_new_tokens >= 1, "max_new_tokens must be >= 1, got {}",
@@ -26,10 +23,22 @@ std::vector<std::vector<int32_t>> generate(const Decoder& model,
                c.vocab_size);
     longest = std::max<int64_t>(longest, int64_t(prompts[b].size()));
   }
-  IM_CHECK(longest + options.max_new_tokens <= c.max_positions,
+  // Subtracted, not added: max_new_tokens may be near INT64_MAX.
+  IM_CHECK(longest <= c.max_positions && options.max_new_tokens <= c.max_positions - longest,
            "a prompt of {} tokens plus max_new_tokens={} exceeds the model's context of {} "
            "positions; shorten the prompt or lower max_new_tokens",
            longest, options.max_new_tokens, c.max_positions);
+}
+
+std::vector<std::vector<int32_t>> generate(const Decoder& model,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& options, HiddenStateSink* sink,
+                                           const StopCheck& should_stop,
+                                           const TokenCallback& on_token) {
+  check_generate(model, prompts, options);
+  const DecoderConfig& c = model.config();
+  int64_t longest = 0;
+  for (const auto& prompt : prompts) longest = std::max<int64_t>(longest, int64_t(prompt.size()));
 
   const int64_t batch = int64_t(prompts.size());
   // Everything below, the KV cache included, lives in this thread's arena until we return.

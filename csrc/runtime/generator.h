@@ -28,6 +28,12 @@ struct GenerateOptions {
 using StopCheck = std::function<bool()>;
 using TokenCallback = std::function<void(int64_t seq, int32_t token)>;
 
+// Throws what generate() would throw for these arguments (no prompts, an empty one, an id outside
+// the vocabulary, more tokens than the context, bad sampling settings) without running anything:
+// a caller that allocates per generated token (activation buffers) checks first.
+void check_generate(const Decoder& model, const std::vector<std::vector<int32_t>>& prompts,
+                    const GenerateOptions& options);
+
 // The new tokens of each prompt (stop token included), in prompt order.
 std::vector<std::vector<int32_t>> generate(const Decoder& model,
                                            const std::vector<std::vector<int32_t>>& prompts,

@@ -296,7 +296,8 @@ class CausalLM:
             return text
         if self.tokenizer is None:
             raise ValueError("this checkpoint has no tokenizer: use tokenize=False")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return _encode(self.tokenizer, text, "the rendered conversation",
+                       add_special_tokens=False)
 
     @property
     def chat_stop_ids(self) -> List[int]:
@@ -327,7 +328,8 @@ class CausalLM:
 
             logits = model.forward([[1, 2, 3]])
         """
-        ids = _as_int32_matrix(input_ids, self.config.vocab_size)
+        ids = _as_int32_matrix(input_ids, self.config.vocab_size,
+                               self.config.max_position_embeddings)
         return self._model.forward(ids, self._threads(), bool(last_only),
                                    adapter=self._core_adapter())
 
@@ -446,12 +448,16 @@ class CausalLM:
 
         Strings are tokenized; ids must lie in the vocabulary; no prompt may be empty.
         """
+        context = self.config.max_position_embeddings
+        if _is_torch_tensor(prompts):
+            try:
+                prompts = prompts.detach().cpu().numpy()
+            except TypeError:  # bfloat16 and other dtypes NumPy lacks: none is an id dtype
+                raise TypeError(f"token ids must be integers, got {prompts.dtype}") from None
         if isinstance(prompts, np.ndarray):
-            prompts = prompts.tolist()
+            prompts = _id_rows(prompts, context)
         if isinstance(prompts, str):
             prompts = [prompts]
-        if _is_torch_tensor(prompts):
-            prompts = prompts.tolist()
         if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
             raise ValueError("generate needs at least one prompt (a string, a list of strings, "
                              "or token ids); got an empty list" if isinstance(prompts, (list, tuple))
@@ -465,9 +471,9 @@ class CausalLM:
                 if self.tokenizer is None:
                     raise ValueError("this checkpoint has no tokenizer.json: pass token ids "
                                      "instead of text")
-                ids = self.tokenizer.encode(prompt).ids
+                ids = _encode(self.tokenizer, prompt, f"prompt {i}")
             else:
-                ids = [int(t) for t in prompt]
+                ids = _id_list(prompt, i, context)
             if not ids:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
             bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
@@ -648,7 +654,51 @@ def _is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def _as_int32_matrix(input_ids: Any, vocab: int) -> np.ndarray:
+def _encode(tokenizer: Any, text: str, what: str, add_special_tokens: bool = True) -> List[int]:
+    """The token ids of ``text`` (``what`` names it in errors). The tokenizers library raises a
+    bare Exception when a tokenizer.json contradicts itself (an ``unk_token`` missing from its
+    vocabulary, ...): that is the checkpoint's fault, so it becomes a ValueError."""
+    try:
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception
+        raise ValueError(f"the checkpoint's tokenizer cannot encode {what}: {exc}") from None
+
+
+def _id_rows(ids: np.ndarray, context: int) -> List[Any]:
+    """An array of prompts (text, or token ids ``[seq]`` / ``[batch, seq]``) as lists. Ids are
+    checked before the conversion, which for a broadcast array of billions of ids would take
+    the memory and time that a prompt longer than any context is refused for anyway."""
+    if ids.dtype.kind in "USO":  # text, or rows of other lengths: checked as lists
+        return ids.tolist()
+    if ids.ndim not in (1, 2):
+        raise ValueError(f"token ids must be a [seq] or [batch, seq] array, got shape "
+                         f"{ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
+    if ids.shape[-1] > context:
+        raise ValueError(f"a prompt of {ids.shape[-1]} tokens exceeds the model's context of "
+                         f"{context} positions")
+    return ids.tolist()
+
+
+def _id_list(prompt: Any, index: int, context: int) -> List[int]:
+    """Prompt ``index`` given as token ids, checked to be ints (a float id would be truncated
+    to another token without a word) and to fit the context."""
+    if isinstance(prompt, np.ndarray):
+        prompt = _id_rows(prompt, context)
+    if not isinstance(prompt, (list, tuple)):
+        raise TypeError(f"prompt {index} must be a string or a list of token ids, got "
+                        f"{type(prompt).__name__}")
+    if len(prompt) > context:
+        raise ValueError(f"prompt {index} has {len(prompt)} tokens, more than the model's "
+                         f"context of {context} positions")
+    for t in prompt:
+        if not isinstance(t, (int, np.integer)) or isinstance(t, (bool, np.bool_)):
+            raise TypeError(f"prompt {index} has {t!r}, not an int token id")
+    return [int(t) for t in prompt]
+
+
+def _as_int32_matrix(input_ids: Any, vocab: int, context: int) -> np.ndarray:
     if _is_torch_tensor(input_ids):
         input_ids = input_ids.detach().cpu().numpy()
     ids = np.asarray(input_ids)
@@ -659,6 +709,10 @@ def _as_int32_matrix(input_ids: Any, vocab: int) -> np.ndarray:
                          f"shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
+    # Before the ids are read: a broadcast array can hold billions of them in no memory.
+    if ids.shape[1] > context:
+        raise ValueError(f"input_ids has {ids.shape[1]} tokens per row, more than the model's "
+                         f"context of {context} positions")
     if ids.min() < 0 or ids.max() >= vocab:
         raise ValueError(f"input_ids has token id {int(ids.max() if ids.max() >= vocab else ids.min())}, "
                          f"outside [0, {vocab})")

@@ -44,6 +44,10 @@ def render_chat(template: str, messages: Sequence[Mapping[str, Any]],
                                bos_token=bos_token, eos_token=eos_token, **extra)
     except jinja2.TemplateError as exc:
         raise ValueError(f"the chat template failed: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a template is a program: any error is its failure
+        # A TypeError from an operator on the wrong values, RecursionError from nesting too
+        # deep to parse, the sandbox's OverflowError for a huge range(), ...
+        raise ValueError(f"the chat template failed: {type(exc).__name__}: {exc}") from exc
 
 
 class _TemplateDict:

@@ -80,8 +80,14 @@ def build_tokenizer(metadata: Metadata, source: str) -> "tokenizers.Tokenizer":
                          f"{', '.join(PRE_TOKENIZERS)}; or {beside}")
     tokens: List[str] = metadata("tokenizer.ggml.tokens", list)
     types: List[int] = metadata("tokenizer.ggml.token_type", list, [])
-    tokenizer = _bpe(tokens, _merges(metadata("tokenizer.ggml.merges", list, []), source), pre)
-    _add_special_tokens(tokenizer, tokens, types)
+    merges = _merges(metadata("tokenizer.ggml.merges", list, []), source)
+    try:
+        tokenizer = _bpe(tokens, merges, pre)
+        _add_special_tokens(tokenizer, tokens, types)
+    except Exception as exc:  # noqa: BLE001 - the Rust side raises bare Exceptions
+        # e.g. "Token `he` out of vocabulary": a merge of tokens the vocabulary lacks.
+        raise ValueError(f"{source}: the tokenizer its metadata describes cannot be built: "
+                         f"{exc}") from None
     _add_post_processor(tokenizer, tokens, metadata, default_bos=pre in _LLAMA3_FAMILY,
                         source=source)
     return tokenizer

@@ -13,7 +13,6 @@ from the internet, every offset is checked against the file before a view is mad
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, NamedTuple, Tuple, Union
 
 import numpy as np
+
+from infermode.checkpoints._json import parse_json
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -109,10 +110,7 @@ def open_safetensors(path: PathLike) -> SafetensorsFile:
             raise ValueError(f"{path}: the header says its JSON ends at byte {8 + header_len} but "
                              f"the file has {size} bytes (truncated?)")
         raw = f.read(header_len)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: the header is not valid JSON: {exc}") from None
+    header = parse_json(raw, f"{path}: the header")
     if not isinstance(header, dict):
         raise ValueError(f"{path}: the header must be a JSON object, got {type(header).__name__}")
 
@@ -142,7 +140,7 @@ def _parse_entry(path: Path, name: str, info: object) -> _Entry:
     if not isinstance(info, dict):
         raise ValueError(f"{where}: header entry must be an object, got {info!r}")
     code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if code not in _DTYPES:
+    if not isinstance(code, str) or code not in _DTYPES:
         raise ValueError(f"{where} has dtype {code!r}; supported: {', '.join(_DTYPES)}")
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise ValueError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")

@@ -35,7 +35,7 @@ import numpy as np
 
 from infermode.checkpoints._gguf_layout import GGUFLayoutError, checked_reader
 from infermode.checkpoints._gguf_tokenizer import build_tokenizer, end_of_generation_ids
-from infermode.checkpoints.hf import Checkpoint, ModelConfig, blocks_held, weight_names
+from infermode.checkpoints.hf import Checkpoint, ModelConfig, blocks_held, iter_weight_names
 from infermode.checkpoints.hf import load_tokenizer as _load_hf_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -212,7 +212,11 @@ class GGUFFile:
             if default is ...:
                 raise ValueError(f"{self.path}: metadata key {key!r} is missing")
             return default
-        value = field.contents()
+        try:
+            value = field.contents()
+        except Exception as exc:  # the reader decodes lazily: bad UTF-8, bad array parts
+            raise ValueError(f"{self.path}: metadata {key!r} cannot be read: "
+                             f"{type(exc).__name__}: {exc}") from None
         if isinstance(value, float) and field.types[-1].name == "FLOAT32":
             # float32 on disk: 1e-5 reads back as 9.99999974e-06; give the decimal it was written
             # from (the same float32, so arithmetic in float32 is unchanged).
@@ -327,7 +331,7 @@ class GGUFFile:
                              f"{config.num_hidden_layers}, but the file holds {held} block(s)")
         weights: Dict[str, np.ndarray] = {}
         dtypes: Dict[str, str] = {}
-        for name, shape in weight_names(config).items():
+        for name, shape in iter_weight_names(config):
             gguf_name = _gguf_name(name)
             weights[name], dtypes[name] = self._load(gguf_name, shape)
         self._check_no_extras(set(map(_gguf_name, weights)))
@@ -397,7 +401,11 @@ class GGUFFile:
         if embedded is not None:
             import tokenizers
 
-            return tokenizers.Tokenizer.from_str(embedded), template
+            try:
+                return tokenizers.Tokenizer.from_str(embedded), template
+            except Exception as exc:  # noqa: BLE001 - the Rust side raises a bare Exception
+                raise ValueError(f"{self.path}: metadata 'tokenizer.huggingface.json' is not a "
+                                 f"valid tokenizer.json: {exc}") from None
         return build_tokenizer(self.metadata, str(self.path)), template
 
     def special_tokens(self) -> Dict[str, Optional[str]]:
@@ -416,8 +424,8 @@ class GGUFFile:
 
 
 def _read(path: Path) -> "gguf.GGUFReader":
-    """The gguf package's reader over ``path`` (its tensor table checked against the file), its
-    failures turned into one clear ValueError."""
+    """The gguf package's reader over ``path`` (its header's counts and its tensor table checked
+    against the file first), its failures turned into one clear ValueError."""
     if not path.exists():
         raise FileNotFoundError(f"GGUF file {path} does not exist")
     if not path.is_file():
@@ -521,6 +529,12 @@ def llama3_scaling_from_factors(factors: np.ndarray, theta: float, head_dim: int
     if np.allclose(factors, 1.0, rtol=0, atol=1e-6):
         return None
     factor = float(factors.max())
+    # Llama 3 divides frequencies by 1 to factor > 1; anything else (and the fit below would
+    # divide by zero at factor == 1) is no Llama 3 rule.
+    if not (np.isfinite(factors).all() and factors.min() >= 1.0 - 1e-6 and factor > 1.0):
+        raise ValueError(f"{where}: the RoPE frequency factors follow no Llama 3 scaling rule "
+                         f"(they must lie between 1 and a factor above 1; they range from "
+                         f"{factors.min()} to {factor})")
     inv_wavelen = (1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)) / (2 * math.pi)
     # smooth = (original * inv_wavelen - low) / (high - low): linear in inv_wavelen.
     smooth = (1.0 / factors - 1.0 / factor) / (1.0 - 1.0 / factor)

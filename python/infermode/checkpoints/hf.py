@@ -19,18 +19,18 @@ Nothing here writes to the checkpoint directory.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from infermode.checkpoints._chat import render_chat
+from infermode.checkpoints._json import read_json
 from infermode.checkpoints._safetensors import SafetensorsFile, open_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,6 +45,7 @@ __all__ = [
     "Checkpoint",
     "ModelConfig",
     "SafetensorsFile",
+    "iter_weight_names",
     "load_checkpoint",
     "load_special_tokens",
     "load_tokenizer",
@@ -194,7 +195,7 @@ class ModelConfig:
             path = path / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path.parent} has no {path.name}")
-        return cls.from_dict(_read_json(path), source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     @property
     def num_kv_groups(self) -> int:
@@ -262,15 +263,6 @@ def _check_model_type(model_type: str) -> None:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"model_type {model_type!r} is not supported; supported: "
                          f"{', '.join(SUPPORTED_MODEL_TYPES)}")
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file's content; a ValueError names the file and the position of a syntax error."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _is_int(value: Any) -> bool:
@@ -376,36 +368,44 @@ def weight_names(config: ModelConfig) -> Dict[str, Tuple[int, ...]]:
         >>> weight_names(cfg)["model.layers.0.self_attn.k_proj.weight"]
         (128, 576)
     """
+    return dict(iter_weight_names(config))
+
+
+def iter_weight_names(config: ModelConfig) -> Iterator[Tuple[str, Tuple[int, ...]]]:
+    """:func:`weight_names` one at a time, in the same order. Checking a checkpoint against its
+    config goes through them this way, to stop at the first missing tensor: a config that
+    claims billions of blocks (the file is data from the internet) would otherwise fill memory
+    with their names before any check.
+    """
     vocab, hidden, inter = config.vocab_size, config.hidden_size, config.intermediate_size
     q_dim = config.num_attention_heads * config.head_dim
     kv_dim = config.num_key_value_heads * config.head_dim
-    names: Dict[str, Tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    yield "model.embed_tokens.weight", (vocab, hidden)
     for i in range(config.num_hidden_layers):
         p = f"model.layers.{i}."
-        names[p + "input_layernorm.weight"] = (hidden,)
-        names[p + "self_attn.q_proj.weight"] = (q_dim, hidden)
-        names[p + "self_attn.k_proj.weight"] = (kv_dim, hidden)
-        names[p + "self_attn.v_proj.weight"] = (kv_dim, hidden)
+        yield p + "input_layernorm.weight", (hidden,)
+        yield p + "self_attn.q_proj.weight", (q_dim, hidden)
+        yield p + "self_attn.k_proj.weight", (kv_dim, hidden)
+        yield p + "self_attn.v_proj.weight", (kv_dim, hidden)
         if config.attention_bias:
-            names[p + "self_attn.q_proj.bias"] = (q_dim,)
-            names[p + "self_attn.k_proj.bias"] = (kv_dim,)
-            names[p + "self_attn.v_proj.bias"] = (kv_dim,)
-        names[p + "self_attn.o_proj.weight"] = (hidden, q_dim)
-        names[p + "post_attention_layernorm.weight"] = (hidden,)
-        names[p + "mlp.gate_proj.weight"] = (inter, hidden)
-        names[p + "mlp.up_proj.weight"] = (inter, hidden)
-        names[p + "mlp.down_proj.weight"] = (hidden, inter)
-    names["model.norm.weight"] = (hidden,)
+            yield p + "self_attn.q_proj.bias", (q_dim,)
+            yield p + "self_attn.k_proj.bias", (kv_dim,)
+            yield p + "self_attn.v_proj.bias", (kv_dim,)
+        yield p + "self_attn.o_proj.weight", (hidden, q_dim)
+        yield p + "post_attention_layernorm.weight", (hidden,)
+        yield p + "mlp.gate_proj.weight", (inter, hidden)
+        yield p + "mlp.up_proj.weight", (inter, hidden)
+        yield p + "mlp.down_proj.weight", (hidden, inter)
+    yield "model.norm.weight", (hidden,)
     if not config.tie_word_embeddings:
-        names["lm_head.weight"] = (vocab, hidden)
-    return names
+        yield "lm_head.weight", (vocab, hidden)
 
 
 def blocks_held(names: Iterable[str], prefix: str) -> int:
     """How many blocks tensors ``names`` hold: one more than the largest i in ``{prefix}{i}.``.
 
-    Checked against the config before :func:`weight_names` lists every expected tensor: a corrupt
-    count (10**9 layers) would otherwise build billions of names before the first one is missed.
+    Checked against the config before the expected tensors are looked up, so that a wrong count
+    says so (rather than naming the first missing tensor, or the first unexpected one).
     """
     pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
     found = [int(m.group(1)) for m in map(pattern.match, names) if m]
@@ -471,7 +471,7 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
                          f"hold{'s' if len(set(origin.values())) == 1 else ''} {held} block(s)")
 
     weights: Dict[str, np.ndarray] = {}
-    for name, shape in weight_names(config).items():
+    for name, shape in iter_weight_names(config):
         if name not in tensors:
             raise ValueError(f"{directory}: tensor {name!r} (expected shape {shape}) is missing "
                              f"from {_describe_files(origin)}")
@@ -507,7 +507,7 @@ def _with_generation_eos(config: ModelConfig, directory: Path) -> ModelConfig:
     path = directory / "generation_config.json"
     if not path.is_file():
         return config
-    gen = _read_json(path)
+    gen = read_json(path)
     eos = gen.get("eos_token_id") if isinstance(gen, Mapping) else None
     try:
         extra = _token_ids(eos)
@@ -557,7 +557,7 @@ def _map_weight_files(directory: Path) -> TensorMaps:
 
 
 def _read_weight_map(index: Path) -> Dict[str, str]:
-    data = _read_json(index)
+    data = read_json(index)
     weight_map = data.get("weight_map") if isinstance(data, Mapping) else None
     if not isinstance(weight_map, Mapping) or not weight_map or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
@@ -636,7 +636,7 @@ def _tokenizer_config(directory: Path) -> Dict[str, Any]:
     path = directory / "tokenizer_config.json"
     if not path.is_file():
         return {}
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
@@ -645,13 +645,17 @@ def _tokenizer_config(directory: Path) -> Dict[str, Any]:
 def _chat_template(directory: Path) -> Optional[str]:
     jinja_file = directory / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        try:
+            return jinja_file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{jinja_file} is not UTF-8 text: {exc}") from None
     template = _tokenizer_config(directory).get("chat_template")
     if template is None or isinstance(template, str):
         return template
     # A list of named templates ({"name": ..., "template": ...}); chat uses the "default" one.
     if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        named = {t.get("name"): t.get("template") for t in template
+                 if isinstance(t, Mapping) and isinstance(t.get("name"), str)}
         chosen = named.get("default")
         if isinstance(chosen, str):
             return chosen

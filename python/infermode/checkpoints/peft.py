@@ -20,7 +20,6 @@ it would run code from the file.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -30,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, Unio
 
 import numpy as np
 
+from infermode.checkpoints._json import read_json
 from infermode.checkpoints._safetensors import float32_values, open_safetensors
 
 logger = logging.getLogger(__name__)
@@ -67,9 +67,9 @@ class LoraConfig:
     def from_json(cls, path: Path) -> "LoraConfig":
         """Reads and checks ``adapter_config.json``; a ValueError names the file and the field."""
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path} is not a readable JSON file: {exc}") from exc
+            d = read_json(path)
+        except OSError as exc:
+            raise ValueError(f"{path} is not a readable file: {exc}") from exc
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
 
@@ -104,10 +104,20 @@ class LoraConfig:
         rank_pattern = get("rank_pattern", dict, {})
         alpha_pattern = get("alpha_pattern", dict, {})
         for key, value in {**rank_pattern, **alpha_pattern}.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0 \
+                    or not math.isfinite(value):
                 raise ValueError(f"{path}: rank_pattern/alpha_pattern entry {key!r} is "
                                  f"{value!r}, expected a positive number")
-        return cls(r=r, lora_alpha=float(get("lora_alpha", (int, float), 8)),
+            try:  # a key is a regular expression, matched as PEFT matches it
+                re.compile(_pattern(key))
+            except re.error as exc:
+                raise ValueError(f"{path}: rank_pattern/alpha_pattern key {key!r} is not a "
+                                 f"regular expression: {exc}") from None
+        # JSON as Python reads it has Infinity and NaN, which would scale the update to NaNs.
+        lora_alpha = float(get("lora_alpha", (int, float), 8))
+        if not math.isfinite(lora_alpha):
+            raise ValueError(f"{path}: lora_alpha is {lora_alpha}, expected a finite number")
+        return cls(r=r, lora_alpha=lora_alpha,
                    use_rslora=get("use_rslora", bool, False), target_modules=targets,
                    bias=bias, modules_to_save=to_save,
                    fan_in_fan_out=get("fan_in_fan_out", bool, False),
@@ -124,9 +134,14 @@ class LoraConfig:
 
 def _pattern_key(patterns: Iterable[str], module: str) -> str:
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if re.match(_pattern(key), module):
             return key
     return module
+
+
+def _pattern(key: str) -> str:
+    """The regular expression PEFT matches a module name against for a pattern ``key``."""
+    return rf"(.*\.)?({key})$"
 
 
 @dataclass(frozen=True, eq=False)
