@@ -21,6 +21,8 @@ namespace {
 StackBlockConfig block_config(const py::dict& d) {
   const char* where = "transformer stack block config";
   StackBlockConfig b;
+  b.time_attention = config_value<bool>(d, "time_attention", where);
+  b.group_attention = config_value<bool>(d, "group_attention", where);
   b.causal = config_value<bool>(d, "causal", where);
   b.scaled = config_value<bool>(d, "scaled", where);
   b.attention_bias = config_value<bool>(d, "attention_bias", where);
@@ -30,7 +32,9 @@ StackBlockConfig block_config(const py::dict& d) {
   b.rope = rope == "none" ? StackRope::none : StackRope::half_split;
   if (b.rope != StackRope::none) b.rope_theta = config_value<double>(d, "rope_theta", where);
   const std::string mlp = config_value<std::string>(d, "mlp", where);
-  IM_CHECK(mlp == "swiglu", "{}: mlp '{}' is not supported (supported: swiglu)", where, mlp);
+  IM_CHECK(mlp == "swiglu" || mlp == "relu",
+           "{}: mlp '{}' is not supported (supported: swiglu, relu)", where, mlp);
+  b.mlp = mlp == "relu" ? StackMlp::relu : StackMlp::swiglu;
   b.mlp_bias = config_value<bool>(d, "mlp_bias", where);
   return b;
 }
@@ -47,6 +51,13 @@ StackConfig stack_config(const py::dict& d) {
   for (const py::handle& b : config_value<py::list>(d, "blocks", where))
     c.blocks.push_back(block_config(b.cast<py::dict>()));
   return c;
+}
+
+Tensor optional_array(const py::object& obj, const char* name) {
+  if (obj.is_none()) return Tensor();
+  IM_CHECK_TYPE(py::isinstance<py::array>(obj), "{} must be a NumPy array or None, got {}", name,
+                py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  return borrow_array(obj.cast<py::array>(), name);
 }
 
 struct PyStack {
@@ -89,12 +100,14 @@ void register_stack(py::module_& m) {
              return self;
            }),
            py::arg("config"), py::arg("tensors"),
-           "config: {hidden, heads, head_dim, intermediate, norm_eps, final_norm, blocks: [{causal,\n"
-           "scaled, attention_bias, rope: 'none' | 'half_split', rope_theta, mlp: 'swiglu',\n"
-           "mlp_bias}]}. tensors: {name: float32 array} under the names of tensor_names().")
+           "config: {hidden, heads, head_dim, intermediate, norm_eps, final_norm, blocks:\n"
+           "[{time_attention, group_attention, causal, scaled, attention_bias, rope: 'none' |\n"
+           "'half_split', rope_theta, mlp: 'swiglu' | 'relu', mlp_bias}]}. tensors: {name:\n"
+           "float32 array} under the names of tensor_names().")
       .def(
           "forward",
-          [](PyStack& self, const py::array& x, py::object cache, int threads) {
+          [](PyStack& self, const py::array& x, py::object cache, int threads,
+             py::object key_bias, py::object group) {
             // The copy below needs contiguous float32; the stack checks the rest.
             Tensor in = borrow_array(x, "x");
             IM_CHECK_TYPE(in.dtype() == DType::f32, "x must be float32, got {}",
@@ -106,18 +119,25 @@ void register_stack(py::module_& m) {
             PyStackCache* c = cache.is_none() ? nullptr : &cache.cast<PyStackCache&>();
             IM_CHECK(!c || c->stack == self.stack.get(),
                      "this StackCache was made by another TransformerStack");
+            // Borrowed; the stack and the group attention kernel check dtype and shape.
+            const Tensor bias = optional_array(key_bias, "key_bias");
+            const Tensor groups = optional_array(group, "group");
             {
               py::gil_scoped_release release;
               self.stack->forward(out_view, c ? c->length : 0, c ? c->cache.get() : nullptr,
-                                  threads);
+                                  threads, bias, groups);
             }
             if (c) c->length += in.size(1);
             return out;
           },
           py::arg("x"), py::arg("cache") = py::none(), py::arg("threads") = 0,
+          py::arg("key_bias") = py::none(), py::arg("group") = py::none(),
           "Runs the blocks over x (float32 [sequences, tokens, hidden]) and returns a new array.\n"
           "With a cache the tokens continue its sequences (positions cache.length onward) and\n"
-          "are added to it; without one they are whole sequences.")
+          "are added to it; without one they are whole sequences. key_bias: float32\n"
+          "[sequences, tokens] added to the scores of each key (-inf hides it) in bidirectional\n"
+          "and group attention. group: int64 [sequences], each sequence's group for blocks with\n"
+          "group attention.")
       .def(
           "new_cache",
           [](PyStack& self, int64_t sequences, int64_t capacity) {

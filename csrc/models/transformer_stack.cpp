@@ -7,6 +7,8 @@
 #include "core/inference_mode.h"
 #include "kernels/add.h"
 #include "kernels/attention.h"
+#include "kernels/group_attention.h"
+#include "kernels/relu.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
@@ -22,10 +24,14 @@ void check_config(const StackConfig& c) {
            "transformer stack config: every size must be positive (hidden {}, heads {}, "
            "head_dim {}, intermediate {})", c.hidden, c.heads, c.head_dim, c.intermediate);
   IM_CHECK(!c.blocks.empty(), "transformer stack config: no blocks");
-  for (size_t i = 0; i < c.blocks.size(); ++i)
-    IM_CHECK(c.blocks[i].rope == StackRope::none || c.head_dim % 2 == 0,
+  for (size_t i = 0; i < c.blocks.size(); ++i) {
+    const StackBlockConfig& b = c.blocks[i];
+    IM_CHECK(b.time_attention || b.group_attention,
+             "transformer stack config: block {} has neither time nor group attention", i);
+    IM_CHECK(!b.time_attention || b.rope == StackRope::none || c.head_dim % 2 == 0,
              "transformer stack config: block {} uses RoPE, which needs an even head_dim, got {}",
              i, c.head_dim);
+  }
 }
 
 }  // namespace
@@ -39,12 +45,16 @@ std::vector<std::pair<std::string, Shape>> stack_tensor_names(const StackConfig&
   };
   for (size_t i = 0; i < c.blocks.size(); ++i) {
     const StackBlockConfig& b = c.blocks[i];
-    names.push_back({block_name(i, "norm1.weight"), {c.hidden}});
-    for (const char* p : {"attention.q", "attention.k", "attention.v"})
-      dense(i, p, inner, c.hidden, b.attention_bias);
-    dense(i, "attention.o", c.hidden, inner, b.attention_bias);
+    auto attention = [&](const char* norm, const char* prefix) {
+      names.push_back({block_name(i, fmt::format("{}.weight", norm).c_str()), {c.hidden}});
+      for (const char* p : {"q", "k", "v"})
+        dense(i, fmt::format("{}.{}", prefix, p).c_str(), inner, c.hidden, b.attention_bias);
+      dense(i, fmt::format("{}.o", prefix).c_str(), c.hidden, inner, b.attention_bias);
+    };
+    if (b.time_attention) attention("norm1", "attention");
+    if (b.group_attention) attention("group_norm", "group_attention");
     names.push_back({block_name(i, "norm2.weight"), {c.hidden}});
-    dense(i, "mlp.gate", c.intermediate, c.hidden, b.mlp_bias);
+    if (b.mlp == StackMlp::swiglu) dense(i, "mlp.gate", c.intermediate, c.hidden, b.mlp_bias);
     dense(i, "mlp.up", c.intermediate, c.hidden, b.mlp_bias);
     dense(i, "mlp.down", c.hidden, c.intermediate, b.mlp_bias);
   }
@@ -83,16 +93,20 @@ TransformerStack::TransformerStack(const StackConfig& config,
   for (size_t i = 0; i < config_.blocks.size(); ++i) {
     const StackBlockConfig& b = config_.blocks[i];
     Block w;
-    w.norm1 = tensor(i, "norm1.weight");
-    w.q = dense(i, "attention.q", b.attention_bias);
-    w.k = dense(i, "attention.k", b.attention_bias);
-    w.v = dense(i, "attention.v", b.attention_bias);
-    w.o = dense(i, "attention.o", b.attention_bias);
+    auto attention = [&](const char* norm, const char* prefix) {
+      auto part = [&](const char* p) {
+        return dense(i, fmt::format("{}.{}", prefix, p).c_str(), b.attention_bias);
+      };
+      return Attention{tensor(i, fmt::format("{}.weight", norm).c_str()), part("q"), part("k"),
+                       part("v"), part("o")};
+    };
+    if (b.time_attention) w.time = attention("norm1", "attention");
+    if (b.group_attention) w.group = attention("group_norm", "group_attention");
     w.norm2 = tensor(i, "norm2.weight");
-    w.gate = dense(i, "mlp.gate", b.mlp_bias);
+    if (b.mlp == StackMlp::swiglu) w.gate = dense(i, "mlp.gate", b.mlp_bias);
     w.up = dense(i, "mlp.up", b.mlp_bias);
     w.down = dense(i, "mlp.down", b.mlp_bias);
-    if (b.rope != StackRope::none) {
+    if (b.time_attention && b.rope != StackRope::none) {
       RopeConfig rope;
       rope.head_dim = config_.head_dim;
       rope.theta = b.rope_theta;
@@ -105,13 +119,15 @@ TransformerStack::TransformerStack(const StackConfig& config,
 
 KvCache TransformerStack::make_cache(int64_t sequences, int64_t capacity) const {
   for (size_t i = 0; i < config_.blocks.size(); ++i)
-    IM_CHECK(config_.blocks[i].causal, "transformer stack: block {} is bidirectional; a KV "
-             "cache only serves causal stacks (run whole sequences instead)", i);
+    IM_CHECK(!config_.blocks[i].time_attention || config_.blocks[i].causal,
+             "transformer stack: block {} is bidirectional; a KV cache only serves causal "
+             "stacks (run whole sequences instead)", i);
   return KvCache(int64_t(config_.blocks.size()), sequences, config_.heads, capacity,
                  config_.head_dim);
 }
 
-void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads) const {
+void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads,
+                               const Tensor& key_bias, const Tensor& group) const {
   const StackConfig& c = config_;
   IM_CHECK_TYPE(x.dtype() == DType::f32, "transformer stack: x has dtype {}; expected float32",
                 dtype_name(x.dtype()));
@@ -119,7 +135,6 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
            "transformer stack: x must be a contiguous float32 [sequences, tokens, {}], got {}",
            c.hidden, x.shape().str());
   const int64_t sequences = x.size(0), tokens = x.size(1), rows = sequences * tokens;
-  if (rows == 0) return;
   if (cache) {
     IM_CHECK(cache->sequences() == sequences,
              "transformer stack: the cache holds {} sequences, x has {}", cache->sequences(),
@@ -131,6 +146,25 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
     IM_CHECK(first_pos == 0, "transformer stack: first_pos {} needs the cache of the earlier "
              "positions", first_pos);
   }
+  bool grouped = false;
+  for (size_t l = 0; l < c.blocks.size(); ++l) {
+    const StackBlockConfig& b = c.blocks[l];
+    grouped = grouped || b.group_attention;
+    IM_CHECK(!b.time_attention || b.causal || !cache, "transformer stack: block {} is "
+             "bidirectional and cannot run over a KV cache", l);
+    IM_CHECK(!b.time_attention || !b.causal || !key_bias.defined(), "transformer stack: "
+             "block {} is causal; key_bias serves bidirectional and group attention only", l);
+  }
+  if (key_bias.defined()) {
+    IM_CHECK_TYPE(key_bias.dtype() == DType::f32, "transformer stack: key_bias has dtype {}; "
+                  "expected float32", dtype_name(key_bias.dtype()));
+    IM_CHECK(key_bias.shape() == Shape({sequences, tokens}) && key_bias.is_contiguous(),
+             "transformer stack: key_bias must be a contiguous float32 [{}, {}], got {}",
+             sequences, tokens, key_bias.shape().str());
+  }
+  IM_CHECK(!grouped || group.defined(), "transformer stack: blocks with group attention need "
+           "each sequence's group");
+  if (rows == 0) return;
   // Every activation below comes from this thread's arena and goes back when the pass ends.
   InferenceMode guard;
   const int64_t inner = c.heads * c.head_dim, half = c.head_dim / 2;
@@ -141,10 +175,16 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
   Tensor v = Tensor::empty({rows, inner}, DType::f32);
   Tensor attn = Tensor::empty({rows, c.heads, c.head_dim}, DType::f32);
   Tensor proj = Tensor::empty({rows, c.hidden}, DType::f32);
-  Tensor gate = Tensor::empty({rows, c.intermediate}, DType::f32);
   Tensor up = Tensor::empty({rows, c.intermediate}, DType::f32);
+  Tensor gate;
+  for (const StackBlockConfig& b : c.blocks)
+    if (b.mlp == StackMlp::swiglu && !gate.defined())
+      gate = Tensor::empty({rows, c.intermediate}, DType::f32);
   Tensor q2 = q.view({rows, inner}), k3 = k.view({rows, c.heads, c.head_dim});
   Tensor attn2 = attn.view({rows, inner});
+  const Shape by_sequence{sequences, tokens, c.heads, c.head_dim};
+  Tensor q4 = q.view(by_sequence), k4 = k.view(by_sequence), v4 = v.view(by_sequence);
+  Tensor attn4 = attn.view(by_sequence);
   // Without a cache, one sequence's keys and values at a time.
   Tensor local_k, local_v;
   if (!cache) {
@@ -166,44 +206,58 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
   for (size_t l = 0; l < blocks_.size(); ++l) {
     const Block& w = blocks_[l];
     const StackBlockConfig& b = c.blocks[l];
-    IM_CHECK(b.causal || !cache, "transformer stack: block {} is bidirectional and cannot run "
-             "over a KV cache", l);
-    rms_norm(x2, w.norm1, c.norm_eps, h, threads);
-    dense(h, w.q, q2);
-    dense(h, w.k, k);
-    dense(h, w.v, v);
-    // Blocks that share a frequency table (the usual case) share the angles of this pass.
-    if (b.rope != StackRope::none && w.inv_freq != *angles_of) {
-      rope_angles(w.inv_freq, positions.data<int64_t>(), tokens, cos.data<float>(),
-                  sin.data<float>());
-      angles_of = &w.inv_freq;
-    }
     const float scale = b.scaled ? 1.0f / std::sqrt(float(c.head_dim)) : 1.0f;
-    for (int64_t s = 0; s < sequences; ++s) {
-      Tensor qs = q.slice(0, s * tokens, (s + 1) * tokens);
-      Tensor ks = k3.slice(0, s * tokens, (s + 1) * tokens);
-      if (b.rope != StackRope::none) {
-        rope(qs, cos, sin, threads);
-        rope(ks, cos, sin, threads);
+    if (b.time_attention) {
+      rms_norm(x2, w.time.norm, c.norm_eps, h, threads);
+      dense(h, w.time.q, q2);
+      dense(h, w.time.k, k);
+      dense(h, w.time.v, v);
+      // Blocks that share a frequency table (the usual case) share the angles of this pass.
+      if (b.rope != StackRope::none && w.inv_freq != *angles_of) {
+        rope_angles(w.inv_freq, positions.data<int64_t>(), tokens, cos.data<float>(),
+                    sin.data<float>());
+        angles_of = &w.inv_freq;
       }
-      const Tensor keys = cache ? cache->keys(int64_t(l), s) : local_k;
-      const Tensor values = cache ? cache->values(int64_t(l), s) : local_v;
-      store_kv(k, s * tokens, tokens, first_pos, keys);
-      store_kv(v, s * tokens, tokens, first_pos, values);
-      Tensor out = attn.slice(0, s * tokens, (s + 1) * tokens);
-      if (b.causal) {
-        attention(qs, keys, values, first_pos, scale, out, threads);
-      } else {
-        attention_bidirectional(qs, keys, values, tokens, scale, no_bias, out, threads);
+      for (int64_t s = 0; s < sequences; ++s) {
+        Tensor qs = q.slice(0, s * tokens, (s + 1) * tokens);
+        Tensor ks = k3.slice(0, s * tokens, (s + 1) * tokens);
+        if (b.rope != StackRope::none) {
+          rope(qs, cos, sin, threads);
+          rope(ks, cos, sin, threads);
+        }
+        const Tensor keys = cache ? cache->keys(int64_t(l), s) : local_k;
+        const Tensor values = cache ? cache->values(int64_t(l), s) : local_v;
+        store_kv(k, s * tokens, tokens, first_pos, keys);
+        store_kv(v, s * tokens, tokens, first_pos, values);
+        Tensor out = attn.slice(0, s * tokens, (s + 1) * tokens);
+        if (b.causal) {
+          attention(qs, keys, values, first_pos, scale, out, threads);
+        } else {
+          const Tensor bias = key_bias.defined() ? key_bias.select(0, s) : no_bias;
+          attention_bidirectional(qs, keys, values, tokens, scale, bias, out, threads);
+        }
       }
+      dense(attn2, w.time.o, proj);
+      add(proj, x2, threads);
     }
-    dense(attn2, w.o, proj);
-    add(proj, x2, threads);
+    if (b.group_attention) {
+      rms_norm(x2, w.group.norm, c.norm_eps, h, threads);
+      dense(h, w.group.q, q2);
+      dense(h, w.group.k, k);
+      dense(h, w.group.v, v);
+      group_attention(q4, k4, v4, group, scale, key_bias, attn4, threads);
+      dense(attn2, w.group.o, proj);
+      add(proj, x2, threads);
+    }
     rms_norm(x2, w.norm2, c.norm_eps, h, threads);
-    dense(h, w.gate, gate);
     dense(h, w.up, up);
-    swiglu(gate, up, gate, threads);
-    dense(gate, w.down, proj);
+    if (b.mlp == StackMlp::swiglu) {
+      dense(h, w.gate, gate);
+      swiglu(gate, up, up, threads);
+    } else {
+      relu(up, threads);
+    }
+    dense(up, w.down, proj);
     add(proj, x2, threads);
   }
   if (c.final_norm) rms_norm(x2, final_norm_, c.norm_eps, x2, threads);

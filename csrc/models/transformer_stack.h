@@ -1,9 +1,11 @@
 #pragma once
 // A stack of pre-norm transformer blocks, configured block by block, for the forecasting models
 // (Kronos, Toto, Chronos-2): each block runs
-//   x += o(attention(rope(q(norm1(x))), rope(k(norm1(x))), v(norm1(x))))
+//   x += o(attention(rope(q(norm1(x))), rope(k(norm1(x))), v(norm1(x))))   along each sequence
+//   x += o'(group_attention(q'(n(x)), k'(n(x)), v'(n(x))))   across sequences (n: group_norm)
 //   x += mlp(norm2(x))
-// over activations float32 [sequences, tokens, hidden]. The upstream model keeps its own
+// over activations float32 [sequences, tokens, hidden], either attention optional. The upstream
+// model keeps its own
 // pre- and post-processing; only the blocks run here. Weights are float32, borrowed from the
 // caller (the upstream module's parameters), under generic names (stack_tensor_names).
 #include <cstdint>
@@ -19,9 +21,18 @@
 namespace infermode {
 
 enum class StackRope { none, half_split };
-enum class StackMlp { swiglu };  // down(silu(gate(x)) * up(x))
+enum class StackMlp {
+  swiglu,  // down(silu(gate(x)) * up(x))
+  relu,    // down(relu(up(x)))
+};
 
 struct StackBlockConfig {
+  // Attention along each sequence's tokens ("norm1", "attention.*"), with the settings below.
+  bool time_attention = true;
+  // Then attention across the sequences of a group at each token ("group_norm",
+  // "group_attention.*"; kernels/group_attention.h): bidirectional, no RoPE, `scaled` and
+  // `attention_bias` as the time attention.
+  bool group_attention = false;
   bool causal = true;
   bool scaled = true;           // scores * 1/sqrt(head_dim); false: unscaled (Chronos-2)
   bool attention_bias = false;  // q, k, v and output projections carry biases
@@ -52,9 +63,14 @@ class TransformerStack {
   // tokens sit at positions [first_pos, first_pos + tokens). cache: the keys and values of every
   // block for `sequences` sequences (make_cache); those of positions before first_pos are read,
   // these tokens' are written. Without a cache the tokens are whole sequences (first_pos 0).
-  void forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads) const;
+  // key_bias: float32 [sequences, tokens], added to every score of that key (-inf hides a
+  // padded token) in bidirectional time attention and in group attention; undefined for none.
+  // group: int64 [sequences], the group of each sequence, for blocks with group attention.
+  void forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads,
+               const Tensor& key_bias = Tensor(), const Tensor& group = Tensor()) const;
 
-  // A cache for `sequences` sequences of up to `capacity` positions; causal stacks only.
+  // A cache for `sequences` sequences of up to `capacity` positions; stacks whose time attention
+  // is causal only (group attention needs no cache: it sees one position at a time).
   KvCache make_cache(int64_t sequences, int64_t capacity) const;
 
  private:
@@ -62,9 +78,13 @@ class TransformerStack {
     Linear weight;  // (out, in)
     Tensor bias;    // (out) or undefined
   };
-  struct Block {
-    Tensor norm1, norm2;
+  struct Attention {
+    Tensor norm;
     Dense q, k, v, o;
+  };
+  struct Block {
+    Attention time, group;  // each used when its block config asks for it
+    Tensor norm2;
     Dense gate, up, down;
     std::vector<float> inv_freq;  // (head_dim / 2), for RoPE
   };

@@ -52,7 +52,12 @@ class StackCache:
 class TransformerStack:
     def __init__(self, config: Dict[str, Any], tensors: Dict[str, npt.NDArray[np.float32]]) -> None: ...
     def forward(
-        self, x: npt.NDArray[np.float32], cache: Optional[StackCache] = None, threads: int = 0
+        self,
+        x: npt.NDArray[np.float32],
+        cache: Optional[StackCache] = None,
+        threads: int = 0,
+        key_bias: Optional[npt.NDArray[np.float32]] = None,
+        group: Optional[npt.NDArray[np.int64]] = None,
     ) -> npt.NDArray[np.float32]: ...
     def new_cache(self, sequences: int, capacity: int) -> StackCache: ...
     @staticmethod

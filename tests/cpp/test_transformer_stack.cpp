@@ -125,5 +125,91 @@ TEST(TransformerStack, RejectsMissingMisshapenAndUnknownTensorsNamingThem) {
   EXPECT_THROW(stack.forward(xt, 3, &cache, 1), ValueError);  // positions 3..4 past 4
 }
 
+// Chronos-2's block: bidirectional unscaled time attention with RoPE, then group attention,
+// then a ReLU MLP without biases.
+StackConfig grouped_config() {
+  StackConfig c;
+  c.hidden = 24;
+  c.heads = 3;
+  c.head_dim = 8;
+  c.intermediate = 40;
+  StackBlockConfig b;
+  b.causal = false;
+  b.scaled = false;
+  b.group_attention = true;
+  b.mlp = StackMlp::relu;
+  c.blocks = {b, b};
+  c.final_norm = true;
+  return c;
+}
+
+std::vector<float> run_grouped(const TransformerStack& stack, std::vector<float> x,
+                               int64_t sequences, int64_t tokens, std::vector<int64_t> group,
+                               std::vector<float>* bias) {
+  Tensor xt = Tensor::borrow(x.data(), DType::f32, {sequences, tokens, 24});
+  stack.forward(xt, 0, nullptr, 2,
+                bias ? Tensor::borrow(bias->data(), DType::f32, {sequences, tokens}) : Tensor(),
+                Tensor::borrow(group.data(), DType::i64, {sequences}));
+  return x;
+}
+
+TEST(TransformerStack, GroupsAttendWithinThemselvesOnly) {
+  StackFixture f(grouped_config());
+  TransformerStack stack(f.config, f.tensors);
+  const int64_t tokens = 6, row = tokens * 24;
+  auto input = random_floats(4 * row, 31);
+  std::vector<float> bias(4 * tokens, 0.0f);
+  bias[0] = bias[1] = bias[2 * tokens] = -INFINITY;  // padding at the start of sequences 0, 2
+  // Groups {0, 2} and {1, 3}, interleaved: the same as running each group on its own.
+  const auto together = run_grouped(stack, input, 4, tokens, {7, 3, 7, 3}, &bias);
+  for (int g = 0; g < 2; ++g) {
+    std::vector<float> part(input.begin() + g * row, input.begin() + (g + 1) * row);
+    part.insert(part.end(), input.begin() + (g + 2) * row, input.begin() + (g + 3) * row);
+    std::vector<float> part_bias(bias.begin() + g * tokens, bias.begin() + (g + 1) * tokens);
+    part_bias.insert(part_bias.end(), bias.begin() + (g + 2) * tokens,
+                     bias.begin() + (g + 3) * tokens);
+    const auto alone = run_grouped(stack, part, 2, tokens, {0, 0}, &part_bias);
+    for (int m = 0; m < 2; ++m)
+      for (int64_t i = 0; i < row; ++i) {
+        // Padded tokens (key_bias -inf) are not compared: nothing reads them.
+        if (part_bias[m * tokens + i / 24] == -INFINITY) continue;
+        const float want = alone[m * row + i], got = together[(g + 2 * m) * row + i];
+        ASSERT_NEAR(got, want, 2e-5f * (1.0f + std::fabs(want))) << "group " << g << " at " << i;
+      }
+  }
+  // Each sequence alone differs from the grouped result: the group attention mixes them.
+  const auto apart = run_grouped(stack, input, 4, tokens, {0, 1, 2, 3}, &bias);
+  double differ = 0.0;
+  for (int64_t i = 3 * 24; i < row; ++i) differ += std::fabs(apart[i] - together[i]);
+  EXPECT_GT(differ, 1e-2);
+}
+
+TEST(TransformerStack, PaddedKeysChangeNothingElsewhere) {
+  StackFixture f(grouped_config());
+  TransformerStack stack(f.config, f.tensors);
+  const int64_t tokens = 5;
+  auto input = random_floats(2 * tokens * 24, 41);
+  std::vector<float> bias(2 * tokens, 0.0f);
+  bias[0] = -INFINITY;  // sequence 0's first token is padding
+  const auto a = run_grouped(stack, input, 2, tokens, {0, 0}, &bias);
+  for (int i = 0; i < 24; ++i) input[i] = 1000.0f * float(i % 3);  // whatever the padding holds
+  const auto b = run_grouped(stack, input, 2, tokens, {0, 0}, &bias);
+  for (size_t i = 24; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 2e-5f * (1.0f + std::fabs(a[i])));
+}
+
+TEST(TransformerStack, GroupAttentionNeedsTheGroups) {
+  StackFixture f(grouped_config());
+  TransformerStack stack(f.config, f.tensors);
+  std::vector<float> x(2 * 3 * 24);
+  Tensor xt = Tensor::borrow(x.data(), DType::f32, {2, 3, 24});
+  EXPECT_THROW(stack.forward(xt, 0, nullptr, 1), ValueError);
+  StackConfig none = grouped_config();
+  none.blocks[0].group_attention = none.blocks[0].time_attention = false;
+  EXPECT_THROW(TransformerStack(none, f.tensors), ValueError);
+  // ReLU blocks have no gate.
+  for (const auto& [name, shape] : stack_tensor_names(grouped_config()))
+    EXPECT_EQ(name.find("mlp.gate"), std::string::npos) << name;
+}
+
 }  // namespace
 }  // namespace infermode

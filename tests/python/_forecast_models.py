@@ -45,3 +45,47 @@ def candles(steps: int, seed: int = 0, start: str = "2026-01-05 09:30", freq: st
 
 def future_stamps(stamps: pd.Series, steps: int, freq: str = "5min") -> pd.Series:
     return pd.Series(pd.date_range(stamps.iloc[-1] + pd.Timedelta(freq), periods=steps, freq=freq))
+
+
+CHRONOS2_QUANTILES = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99]
+
+
+def chronos2_pipeline(seed: int = 0, layers: int = 2, d_model: int = 32, heads: int = 4,
+                      d_kv: int = 8, max_output_patches: int = 4, activation: str = "relu"):
+    """An upstream Chronos2Pipeline over a random-weight Chronos2Model, in eval mode.
+
+    Upstream initialises norms to 0.05 and projections near zero (an almost constant model), so
+    the weights are redrawn at a scale where every parameter moves the forecast.
+    """
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+
+    config = Chronos2CoreConfig(
+        d_model=d_model, d_kv=d_kv, d_ff=2 * d_model, num_layers=layers, num_heads=heads,
+        dropout_rate=0.1, layer_norm_epsilon=1e-6, rope_theta=10000.0,
+        feed_forward_proj=activation, vocab_size=2, reg_token_id=1, attn_implementation="sdpa",
+        chronos_config=dict(context_length=256, input_patch_size=16, input_patch_stride=16,
+                            output_patch_size=16, max_output_patches=max_output_patches,
+                            quantiles=CHRONOS2_QUANTILES, use_reg_token=True, use_arcsinh=True,
+                            time_encoding_scale=256))
+    torch.manual_seed(seed)
+    model = Chronos2Model(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0, 1.0 / p.shape[1] ** 0.5)
+            else:
+                p.normal_(1.0 if "layer_norm" in name else 0.0, 0.1)
+    return Chronos2Pipeline(model)
+
+
+def seasonal_series(count: int, length: int, seed: int = 0, period: int = 12) -> np.ndarray:
+    """[count, length] float32: seasonal + trend + noise, each series its own level and phase."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    level = rng.uniform(-5, 20, (count, 1))
+    phase = rng.uniform(0, 2 * np.pi, (count, 1))
+    trend = rng.normal(0, 0.05, (count, 1)) * t
+    noise = rng.normal(0, 0.3, (count, length))
+    return (level + 3 * np.sin(2 * np.pi * t / period + phase) + trend + noise).astype(np.float32)

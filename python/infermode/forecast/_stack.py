@@ -24,9 +24,11 @@ def _borrowed(tensor: Any, name: str) -> np.ndarray:
 
 def block_config(*, causal: bool, scaled: bool = True, attention_bias: bool = False,
                  rope: str = "half_split", rope_theta: float = 10000.0, mlp: str = "swiglu",
-                 mlp_bias: bool = False) -> Dict[str, Any]:
+                 mlp_bias: bool = False, time_attention: bool = True,
+                 group_attention: bool = False) -> Dict[str, Any]:
     """One block's settings, as ``_core.TransformerStack`` reads them."""
-    return {"causal": causal, "scaled": scaled, "attention_bias": attention_bias, "rope": rope,
+    return {"time_attention": time_attention, "group_attention": group_attention,
+            "causal": causal, "scaled": scaled, "attention_bias": attention_bias, "rope": rope,
             "rope_theta": rope_theta, "mlp": mlp, "mlp_bias": mlp_bias}
 
 
@@ -39,18 +41,29 @@ class NativeStack:
 
     def __init__(self, *, hidden: int, heads: int, intermediate: int, norm_eps: float,
                  blocks: Sequence[Dict[str, Any]], tensors: Mapping[str, Any],
-                 final_norm: bool = False, threads: Optional[int] = None):
-        self.config = {"hidden": hidden, "heads": heads, "head_dim": hidden // heads,
+                 final_norm: bool = False, threads: Optional[int] = None,
+                 head_dim: Optional[int] = None):
+        self.config = {"hidden": hidden, "heads": heads, "head_dim": head_dim or hidden // heads,
                        "intermediate": intermediate, "norm_eps": float(norm_eps),
                        "final_norm": final_norm, "blocks": list(blocks)}
         arrays = {name: _borrowed(t, name) for name, t in tensors.items()}
         self._stack = _core.TransformerStack(self.config, arrays)
         self.threads = threads or 0
 
-    def __call__(self, x: np.ndarray, cache: Any = None) -> np.ndarray:
-        """The blocks over ``x`` (float32 [sequences, tokens, hidden]), continuing ``cache``."""
+    def __call__(self, x: np.ndarray, cache: Any = None, *, key_bias: Optional[np.ndarray] = None,
+                 group: Optional[np.ndarray] = None) -> np.ndarray:
+        """The blocks over ``x`` (float32 [sequences, tokens, hidden]), continuing ``cache``.
+
+        ``key_bias`` (float32 [sequences, tokens], ``-inf`` hides a padded token) masks keys in
+        bidirectional and group attention; ``group`` (int64 [sequences]) says which sequences
+        attend to each other in group attention.
+        """
+        if key_bias is not None:
+            key_bias = np.ascontiguousarray(key_bias, dtype=np.float32)
+        if group is not None:
+            group = np.ascontiguousarray(group, dtype=np.int64)
         return self._stack.forward(np.ascontiguousarray(x, dtype=np.float32), cache,
-                                   threads=self.threads)
+                                   threads=self.threads, key_bias=key_bias, group=group)
 
     def new_cache(self, sequences: int, capacity: int) -> Any:
         return self._stack.new_cache(sequences, capacity)
