@@ -2,8 +2,8 @@
 """Forecasting wrappers, native vs upstream PyTorch on the same CPU, random weights at the
 published sizes.
 
-    python benchmarks/forecast.py                 # Kronos-small, batch 1 and 16 (~15 min)
-    python benchmarks/forecast.py --batches 1 --quick
+    python benchmarks/forecast.py                        # every model (~40 min)
+    python benchmarks/forecast.py --models chronos2 --quick
 
 Kronos-small (d_model 512, 8 layers, 8 heads, ff 1024; tokenizer d_model 256, 4+4 layers,
 10+10 bits): lookback 400, 120 new steps, max_context 512, top_k=1 (greedy, so both sides give
@@ -11,10 +11,14 @@ the same numbers: the largest difference is reported), sample_count 1. Upstream 
 whole window every step; the wrapper keeps a KV cache until the window slides (the last 7 of the
 120 steps here), then re-runs the window natively as upstream does.
 
+Chronos-2 (d_model 768, 12 layers, 12 heads, d_kv 64, d_ff 3072, 21 quantiles): contexts 512
+and 2048, horizon 64, batch 1 and 64 univariate series through ``predict``. Its work is GEMMs,
+so the report adds each side's GFLOP/s over the encoder's matrix products and the float32 GEMM
+peak measured in the same run (torch.mm of 2048 x 2048 matrices, same threads).
+
 Upstream and native run interleaved, --repeats times, in one process with the same threads
 (torch.set_num_threads); the report gives the median seconds with min and max, and the ratio.
 Writes forecast.json and forecast.png to --out (forecast-quick.* with --quick).
-Chronos-2 and Toto join this script with their wrappers.
 """
 from __future__ import annotations
 
@@ -65,6 +69,70 @@ def kronos_case(batch: int, lookback: int, pred_len: int, threads: int) -> Dict[
     }
 
 
+CHRONOS2_SIZE = dict(d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12)
+
+
+def chronos2_pipeline() -> Any:
+    """Chronos-2 at the published size, random weights at a scale where every layer counts."""
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+
+    quantiles = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99]
+    config = Chronos2CoreConfig(
+        **CHRONOS2_SIZE, dropout_rate=0.1, layer_norm_epsilon=1e-6, rope_theta=10000.0,
+        feed_forward_proj="relu", vocab_size=2, reg_token_id=1, attn_implementation="sdpa",
+        chronos_config=dict(context_length=8192, input_patch_size=16, input_patch_stride=16,
+                            output_patch_size=16, max_output_patches=64, quantiles=quantiles,
+                            use_reg_token=True, use_arcsinh=True, time_encoding_scale=8192))
+    torch.manual_seed(0)
+    model = Chronos2Model(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0, 1.0 / p.shape[1] ** 0.5)
+            else:
+                p.normal_(1.0 if "layer_norm" in name else 0.0, 0.1)
+    return Chronos2Pipeline(model)
+
+
+def chronos2_encoder_flops(batch: int, context: int, horizon: int) -> float:
+    """Multiply-adds x 2 of the encoder's matrix products (projections, MLP, time attention)."""
+    d, inner, ff, layers = 768, 768, 3072, 12
+    tokens = -(-context // 16) + 1 + -(-horizon // 16)
+    per_token = 2 * (8 * d * inner + 2 * d * ff) + 4 * tokens * inner
+    return float(batch * tokens * per_token * layers)
+
+
+def chronos2_case(pipeline: Any, batch: int, context: int, horizon: int,
+                  threads: int) -> Dict[str, Callable]:
+    from infermode.forecast import Chronos2Wrapper
+
+    wrapper = Chronos2Wrapper(pipeline, threads=threads)
+    g = torch.Generator().manual_seed(2)
+    series = torch.randn(batch, 1, context, generator=g).cumsum(-1)
+    return {
+        "upstream": lambda: torch.stack(pipeline.predict(series, prediction_length=horizon,
+                                                         batch_size=max(batch, 1))),
+        "native": lambda: torch.stack(wrapper.predict(series, prediction_length=horizon,
+                                                      batch_size=max(batch, 1))),
+    }
+
+
+def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """float32 GEMM rate of torch (MKL / oneDNN) on this CPU now: the compute roofline."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2.0 * size ** 3 / best / 1e9
+
+
+def _timed(run: Callable) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
 def measure(sides: Dict[str, Callable], repeats: int) -> Dict[str, Any]:
     seconds: Dict[str, List[float]] = {name: [] for name in sides}
     outputs: Dict[str, np.ndarray] = {}
@@ -86,7 +154,7 @@ def plot(results: List[Dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['model']}\nbatch {r['batch']}" for r in results]
+    labels = [f"{r['model']}\n{r.get('case', '')}batch {r['batch']}" for r in results]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(results), 3.6))
     bars = ax.bar(labels, [r["speedup"] for r in results], color="tab:blue")
     for bar, r in zip(bars, results):
@@ -101,31 +169,59 @@ def plot(results: List[Dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report(name: str, summary: Dict[str, Any]) -> None:
+    up, nat = summary["upstream"], summary["native"]
+    print(f"{name}: upstream {up['median_s']:7.2f} s (min {up['min_s']:.2f}, max "
+          f"{up['max_s']:.2f}), native {nat['median_s']:6.3f} s (min {nat['min_s']:.3f}, max "
+          f"{nat['max_s']:.3f}): {summary['speedup']:.1f}x, max |diff| "
+          f"{summary['max_abs_diff']:.1e}", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--models", nargs="+", default=["kronos", "chronos2"],
+                        choices=["kronos", "chronos2"])
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes (default: Kronos 1 16, Chronos-2 1 64)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    add_report_arguments(parser, "lookback 100, 24 steps, 2 repeats: a smoke run")
+    add_report_arguments(parser, "shorter inputs, 2 repeats: a smoke run")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    lookback, pred_len = (100, 24) if args.quick else (400, 120)
     repeats = 2 if args.quick else args.repeats
+    peak = gemm_peak_gflops(args.threads)
+    print(f"float32 GEMM peak now (torch.mm 2048^3, {args.threads} threads): {peak:.0f} GFLOP/s")
     results = []
-    for batch in args.batches:
-        summary = measure(kronos_case(batch, lookback, pred_len, args.threads), repeats)
-        results.append({"model": "Kronos-small", "batch": batch, "lookback": lookback,
-                        "pred_len": pred_len, **summary})
-        print(f"Kronos-small batch {batch:>3}: upstream {summary['upstream']['median_s']:7.2f} s"
-              f" (min {summary['upstream']['min_s']:.2f}, max {summary['upstream']['max_s']:.2f})"
-              f", native {summary['native']['median_s']:6.3f} s (min "
-              f"{summary['native']['min_s']:.3f}, max {summary['native']['max_s']:.3f}): "
-              f"{summary['speedup']:.1f}x, max |diff| {summary['max_abs_diff']:.1e}")
-    machine = machine_info(args.threads)
+    if "kronos" in args.models:
+        lookback, pred_len = (100, 24) if args.quick else (400, 120)
+        for batch in args.batches or [1, 16]:
+            summary = measure(kronos_case(batch, lookback, pred_len, args.threads), repeats)
+            results.append({"model": "Kronos-small", "batch": batch, "lookback": lookback,
+                            "pred_len": pred_len, **summary})
+            report(f"Kronos-small batch {batch:>3}", summary)
+    if "chronos2" in args.models:
+        pipeline = chronos2_pipeline()
+        horizon = 64
+        for context in (512,) if args.quick else (512, 2048):
+            for batch in args.batches or ([1, 8] if args.quick else [1, 64]):
+                summary = measure(chronos2_case(pipeline, batch, context, horizon, args.threads),
+                                  repeats)
+                flops = chronos2_encoder_flops(batch, context, horizon)
+                for side in ("upstream", "native"):
+                    summary[side]["gflops"] = flops / summary[side]["median_s"] / 1e9
+                    summary[side]["fraction_of_peak"] = summary[side]["gflops"] / peak
+                results.append({"model": "Chronos-2", "case": f"context {context}, ",
+                                "batch": batch, "context": context, "horizon": horizon,
+                                **summary})
+                report(f"Chronos-2 context {context:>4} batch {batch:>3}", summary)
+                print(f"    encoder GFLOP/s: upstream {summary['upstream']['gflops']:.0f} "
+                      f"({summary['upstream']['fraction_of_peak']:.0%} of peak), native "
+                      f"{summary['native']['gflops']:.0f} "
+                      f"({summary['native']['fraction_of_peak']:.0%})", flush=True)
+    machine = machine_info(args.threads, gemm_peak_gflops=peak)
     stem = "forecast-quick" if args.quick else "forecast"
     json_path = write_report(args.out, stem, "forecast", machine, argv,
-                             settings={"repeats": repeats, "lookback": lookback,
-                                       "pred_len": pred_len}, results=results)
+                             settings={"repeats": repeats}, results=results)
     png_path = args.out / f"{stem}.png"
     plot(results, png_path, f"forecasting wrappers vs upstream — {machine['brand']}, "
                             f"{args.threads} threads")
