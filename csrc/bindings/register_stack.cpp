@@ -27,10 +27,15 @@ StackBlockConfig block_config(const py::dict& d) {
   b.scaled = config_value<bool>(d, "scaled", where);
   b.attention_bias = config_value<bool>(d, "attention_bias", where);
   const std::string rope = config_value<std::string>(d, "rope", where);
-  IM_CHECK(rope == "none" || rope == "half_split",
-           "{}: rope '{}' is not supported (supported: none, half_split)", where, rope);
-  b.rope = rope == "none" ? StackRope::none : StackRope::half_split;
+  IM_CHECK(rope == "none" || rope == "half_split" || rope == "interleaved_xpos",
+           "{}: rope '{}' is not supported (supported: none, half_split, interleaved_xpos)",
+           where, rope);
+  b.rope = rope == "none"         ? StackRope::none
+           : rope == "half_split" ? StackRope::half_split
+                                  : StackRope::interleaved_xpos;
   if (b.rope != StackRope::none) b.rope_theta = config_value<double>(d, "rope_theta", where);
+  if (b.rope == StackRope::interleaved_xpos)
+    b.xpos_scale_base = config_value<double>(d, "xpos_scale_base", where);
   const std::string mlp = config_value<std::string>(d, "mlp", where);
   IM_CHECK(mlp == "swiglu" || mlp == "relu",
            "{}: mlp '{}' is not supported (supported: swiglu, relu)", where, mlp);
@@ -82,7 +87,27 @@ void register_stack(py::module_& m) {
       .def_property_readonly("capacity",
                              [](const PyStackCache& self) { return self.cache->capacity(); })
       .def_readonly("length", &PyStackCache::length,
-                    "Positions filled so far: the next forward's first position.");
+                    "Positions filled so far: the next forward's first position.")
+      .def(
+          "repeat",
+          [](const PyStackCache& self, int64_t times) {
+            IM_CHECK(times > 0, "repeat: times must be positive, got {}", times);
+            const int64_t sequences = self.cache->sequences();
+            PyStackCache c;
+            c.cache = std::make_unique<KvCache>(
+                self.stack->make_cache(sequences * times, self.cache->capacity()));
+            c.stack = self.stack;
+            c.length = self.length;
+            {
+              py::gil_scoped_release release;
+              for (int64_t r = 0; r < sequences * times; ++r)
+                c.cache->copy_prefix(*self.cache, r % sequences, r, self.length);
+            }
+            return c;
+          },
+          py::arg("times"),
+          "A new cache of sequences * times sequences, row r holding row r % sequences of this\n"
+          "one (repeated whole: [a, b, a, b, ...]), its filled positions copied; the same length.");
 
   py::class_<PyStack>(m, "TransformerStack")
       .def(py::init([](const py::dict& config, const py::dict& tensors) {
@@ -102,8 +127,9 @@ void register_stack(py::module_& m) {
            py::arg("config"), py::arg("tensors"),
            "config: {hidden, heads, head_dim, intermediate, norm_eps, final_norm, blocks:\n"
            "[{time_attention, group_attention, causal, scaled, attention_bias, rope: 'none' |\n"
-           "'half_split', rope_theta, mlp: 'swiglu' | 'relu', mlp_bias}]}. tensors: {name:\n"
-           "float32 array} under the names of tensor_names().")
+           "'half_split' | 'interleaved_xpos', rope_theta, xpos_scale_base (interleaved_xpos),\n"
+           "mlp: 'swiglu' | 'relu', mlp_bias}]}. tensors: {name: float32 array} under the names\n"
+           "of tensor_names().")
       .def(
           "forward",
           [](PyStack& self, const py::array& x, py::object cache, int threads,

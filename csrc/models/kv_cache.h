@@ -19,6 +19,11 @@ class KvCache {
   int64_t capacity() const { return capacity_; }
   int64_t sequences() const { return sequences_; }
 
+  // Positions [0, positions) of sequence `from_seq` of `from`, every layer, copied into sequence
+  // `to_seq` of this cache: a prefix encoded once and continued several ways (a forecaster's
+  // sample paths). The caches must match in layers, kv heads and head_dim.
+  void copy_prefix(const KvCache& from, int64_t from_seq, int64_t to_seq, int64_t positions);
+
  private:
   Tensor block(const Tensor& all, int64_t layer, int64_t seq) const;
 

@@ -11,6 +11,7 @@
 #include "kernels/relu.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
+#include "kernels/rope_interleaved.h"
 #include "kernels/swiglu.h"
 #include "models/rope_angles.h"
 
@@ -31,6 +32,25 @@ void check_config(const StackConfig& c) {
     IM_CHECK(!b.time_attention || b.rope == StackRope::none || c.head_dim % 2 == 0,
              "transformer stack config: block {} uses RoPE, which needs an even head_dim, got {}",
              i, c.head_dim);
+    IM_CHECK(b.rope != StackRope::interleaved_xpos ||
+                 (std::isfinite(b.xpos_scale_base) && b.xpos_scale_base > 0),
+             "transformer stack config: block {} has xpos_scale_base {}; it must be positive",
+             i, b.xpos_scale_base);
+  }
+}
+
+// Toto's xPos scales (rotary-embedding-torch's, with the centre of the pass):
+// scale[t, i] = zeta_i^((p_t - c) / base), zeta_i = (2i + 0.4 d) / (1.4 d), c = floor(p_last / 2),
+// in float32 as upstream computes them.
+void xpos_scales(int64_t head_dim, double base, int64_t first_pos, int64_t tokens, float* out) {
+  const int64_t half = head_dim / 2;
+  const float centre = std::floor(float(first_pos + tokens - 1) / 2.0f);
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float power = (float(first_pos + t) - centre) / float(base);
+    for (int64_t i = 0; i < half; ++i) {
+      const float zeta = (float(2 * i) + 0.4f * float(head_dim)) / (1.4f * float(head_dim));
+      out[t * half + i] = std::pow(zeta, power);
+    }
   }
 }
 
@@ -195,6 +215,8 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
   for (int64_t t = 0; t < tokens; ++t) positions.data<int64_t>()[t] = first_pos + t;
   Tensor cos = Tensor::empty({tokens, half}, DType::f32);
   Tensor sin = Tensor::empty({tokens, half}, DType::f32);
+  Tensor xpos;  // [tokens, half], made for the first block that uses it
+  double xpos_base = 0.0;
   const Tensor no_bias;
   const std::vector<float> no_table;
   const std::vector<float>* angles_of = &no_table;  // the table cos/sin now hold
@@ -218,12 +240,20 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
                     sin.data<float>());
         angles_of = &w.inv_freq;
       }
+      if (b.rope == StackRope::interleaved_xpos && b.xpos_scale_base != xpos_base) {
+        if (!xpos.defined()) xpos = Tensor::empty({tokens, half}, DType::f32);
+        xpos_scales(c.head_dim, b.xpos_scale_base, first_pos, tokens, xpos.data<float>());
+        xpos_base = b.xpos_scale_base;
+      }
       for (int64_t s = 0; s < sequences; ++s) {
         Tensor qs = q.slice(0, s * tokens, (s + 1) * tokens);
         Tensor ks = k3.slice(0, s * tokens, (s + 1) * tokens);
-        if (b.rope != StackRope::none) {
+        if (b.rope == StackRope::half_split) {
           rope(qs, cos, sin, threads);
           rope(ks, cos, sin, threads);
+        } else if (b.rope == StackRope::interleaved_xpos) {
+          rope_interleaved(qs, cos, sin, xpos, false, threads);
+          rope_interleaved(ks, cos, sin, xpos, true, threads);
         }
         const Tensor keys = cache ? cache->keys(int64_t(l), s) : local_k;
         const Tensor values = cache ? cache->values(int64_t(l), s) : local_v;

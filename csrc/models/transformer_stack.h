@@ -20,7 +20,11 @@
 
 namespace infermode {
 
-enum class StackRope { none, half_split };
+enum class StackRope {
+  none,
+  half_split,        // Hugging Face's (kernels/rope.h)
+  interleaved_xpos,  // adjacent pairs with Toto's xPos scale (kernels/rope_interleaved.h)
+};
 enum class StackMlp {
   swiglu,  // down(silu(gate(x)) * up(x))
   relu,    // down(relu(up(x)))
@@ -38,6 +42,11 @@ struct StackBlockConfig {
   bool attention_bias = false;  // q, k, v and output projections carry biases
   StackRope rope = StackRope::half_split;
   double rope_theta = 10000.0;
+  // xPos (interleaved_xpos): queries scaled by zeta_i^((p - c) / base) and keys by its inverse,
+  // zeta_i = (2i + 0.4 head_dim) / (1.4 head_dim), with the centre c = floor(last position of
+  // the pass / 2) taken per forward pass, as Toto computes it per call: cached keys keep the
+  // scale of the pass that made them.
+  double xpos_scale_base = 512.0;
   StackMlp mlp = StackMlp::swiglu;
   bool mlp_bias = false;
 };

@@ -89,3 +89,41 @@ def seasonal_series(count: int, length: int, seed: int = 0, period: int = 12) ->
     trend = rng.normal(0, 0.05, (count, 1)) * t
     noise = rng.normal(0, 0.3, (count, length))
     return (level + 3 * np.sin(2 * np.pi * t / period + phase) + trend + noise).astype(np.float32)
+
+
+def toto_model(seed: int = 0, layers: int = 4, embed: int = 32, heads: int = 4,
+               patch: int = 8, space_every: int = 2):
+    """An upstream Toto (toto-ts) with random weights, in eval mode: time-wise layers with a
+    space-wise one every ``space_every`` (upstream's own ordering), the SDPA path (no xformers)."""
+    from toto.model.toto import Toto
+
+    torch.manual_seed(seed)
+    model = Toto(patch_size=patch, stride=patch, embed_dim=embed, num_layers=layers,
+                 num_heads=heads, mlp_hidden_dim=2 * embed, dropout=0.1,
+                 spacewise_every_n_layers=space_every, spacewise_first=False,
+                 scaler_cls="<class 'model.scaler.CausalPatchStdMeanScaler'>",
+                 output_distribution_classes=[
+                     "<class 'model.distribution.MixtureOfStudentTsOutput'>"],
+                 output_distribution_kwargs={"k_components": 3},
+                 use_memory_efficient_attention=False, stabilize_with_global=True,
+                 scale_factor_exponent=10.0).eval()
+    with torch.no_grad():  # norms start at one and biases at zero upstream: move them
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def masked_timeseries(series: np.ndarray, ids=None):
+    """A toto MaskedTimeseries over float32 series [variates, time] or [batch, variates, time],
+    every step valid, one id per variate (all 0 unless given)."""
+    from toto.data.util.dataset import MaskedTimeseries
+
+    x = torch.from_numpy(np.asarray(series, dtype=np.float32))
+    id_mask = torch.zeros(x.shape, dtype=torch.int)
+    if ids is not None:
+        id_mask += torch.as_tensor(ids, dtype=torch.int)[..., None]
+    return MaskedTimeseries(
+        series=x, padding_mask=torch.ones(x.shape, dtype=torch.bool), id_mask=id_mask,
+        timestamp_seconds=torch.zeros(x.shape, dtype=torch.int),
+        time_interval_seconds=torch.full(x.shape[:-1], 60, dtype=torch.int))

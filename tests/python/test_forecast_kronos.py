@@ -146,8 +146,8 @@ def test_bad_inputs_raise_errors_naming_them(pair):
     k = KronosWrapper(model, tokenizer, max_context=32)
     df, stamps = candles(20)
     ys = future_stamps(stamps, 4)
-    for bad in (0, -3, 2.5):
-        with pytest.raises(ValueError, match="pred_len"):
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError)):
+        with pytest.raises(error, match="pred_len"):
             k.predict(df, stamps, ys, pred_len=bad)
     with pytest.raises(ValueError, match="close"):
         k.predict(df.drop(columns=["close"]), stamps, ys, pred_len=4)

@@ -13,5 +13,6 @@ the core does not run. Every wrapper also returns the common :class:`Forecast`.
 from infermode.forecast.chronos2 import Chronos2Wrapper
 from infermode.forecast.kronos import KronosWrapper
 from infermode.forecast.result import Forecast
+from infermode.forecast.toto import TotoWrapper
 
-__all__ = ["Chronos2Wrapper", "Forecast", "KronosWrapper"]
+__all__ = ["Chronos2Wrapper", "Forecast", "KronosWrapper", "TotoWrapper"]

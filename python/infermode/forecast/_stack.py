@@ -25,11 +25,13 @@ def _borrowed(tensor: Any, name: str) -> np.ndarray:
 def block_config(*, causal: bool, scaled: bool = True, attention_bias: bool = False,
                  rope: str = "half_split", rope_theta: float = 10000.0, mlp: str = "swiglu",
                  mlp_bias: bool = False, time_attention: bool = True,
-                 group_attention: bool = False) -> Dict[str, Any]:
+                 group_attention: bool = False,
+                 xpos_scale_base: float = 512.0) -> Dict[str, Any]:
     """One block's settings, as ``_core.TransformerStack`` reads them."""
     return {"time_attention": time_attention, "group_attention": group_attention,
             "causal": causal, "scaled": scaled, "attention_bias": attention_bias, "rope": rope,
-            "rope_theta": rope_theta, "mlp": mlp, "mlp_bias": mlp_bias}
+            "rope_theta": rope_theta, "xpos_scale_base": xpos_scale_base, "mlp": mlp,
+            "mlp_bias": mlp_bias}
 
 
 class NativeStack:

@@ -7,8 +7,11 @@ reason logged); a forecast that runs out of memory is retried with half the batc
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from typing import Any, Callable, ContextManager, List, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
 
 from infermode.devices import _torch, select_mode
 
@@ -28,6 +31,26 @@ def module_device(module: Any) -> Any:
     for p in module.parameters():
         return p.device
     return "cpu"
+
+
+def check_count(value: Any, name: str) -> None:
+    """A positive whole number of steps or samples: TypeError for another kind (2.5, True),
+    ValueError for zero or less; the message names the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive whole number, got {value!r}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+
+
+def eval_view(module: Any) -> Any:
+    """A shallow copy of ``module`` and its submodules in eval mode: the same parameter and
+    buffer objects, so no weight is copied and the user's module (and its mode) is untouched.
+    The wrappers swap their native parts into such a view."""
+    clone = copy.copy(module)
+    clone._modules = {name: None if child is None else eval_view(child)
+                      for name, child in module._modules.items()}
+    clone.training = False
+    return clone
 
 
 def choose_path(modules: Sequence[Any], device: Any = None) -> Tuple[bool, str]:

@@ -10,15 +10,14 @@ changed and no weight is copied.
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
 from infermode.forecast._stack import NativeStack, block_config
-from infermode.forecast._wrapper import (_no_grad, choose_path, is_memory_error, log_path,
-                                         logger, module_device)
+from infermode.forecast._wrapper import (_no_grad, check_count, choose_path, eval_view,
+                                         is_memory_error, log_path, logger, module_device)
 from infermode.forecast.result import Forecast
 
 T = TypeVar("T")
@@ -62,7 +61,7 @@ def _native_encoder(model: Any, threads: Optional[int]) -> Any:
         blocks=[block_config(causal=False, scaled=False, rope_theta=config.rope_theta,
                              group_attention=True, mlp="relu")] * blocks,
         tensors=_encoder_tensors(model.encoder), final_norm=True, threads=threads)
-    upstream = _eval_view(model.encoder)
+    upstream = eval_view(model.encoder)
 
     class NativeEncoder(torch.nn.Module):
         """Chronos-2's encoder on the native stack. Masks: a padded patch (attention_mask 0) is
@@ -90,19 +89,9 @@ def _native_encoder(model: Any, threads: Optional[int]) -> Any:
     return NativeEncoder()
 
 
-def _eval_view(module: Any) -> Any:
-    """A shallow copy of ``module`` and its submodules in eval mode: the same parameter and
-    buffer objects, so no weight is copied and ``module``'s own modes are untouched."""
-    clone = copy.copy(module)
-    clone._modules = {name: None if child is None else _eval_view(child)
-                      for name, child in module._modules.items()}
-    clone.training = False
-    return clone
-
-
 def _with_encoder(model: Any, encoder: Any) -> Any:
-    """An eval-mode view of ``model`` (see :func:`_eval_view`) whose encoder is ``encoder``."""
-    clone = _eval_view(model)
+    """An eval-mode view of ``model`` (see :func:`eval_view`) whose encoder is ``encoder``."""
+    clone = eval_view(model)
     clone._modules["encoder"] = encoder
     return clone
 
@@ -142,7 +131,7 @@ class Chronos2Wrapper:
         if self.native:
             self._active = Chronos2Pipeline(_with_encoder(model, _native_encoder(model, threads)))
         else:
-            self._active = Chronos2Pipeline(_eval_view(model))
+            self._active = Chronos2Pipeline(eval_view(model))
 
     def _run(self, call: Callable[[Any, int], T], batch_size: int, what: str) -> T:
         """``call(pipeline, batch_size)``, halving the batch while it runs out of memory."""
@@ -165,7 +154,7 @@ class Chronos2Wrapper:
     def predict(self, inputs: Any, prediction_length: Optional[int] = None,
                 batch_size: int = 256, **kwargs: Any) -> List[Any]:
         """As ``Chronos2Pipeline.predict``: per task, a tensor [targets, quantiles, horizon]."""
-        _check_prediction_length(prediction_length)
+        _check_horizon(prediction_length)
         _check_targets(inputs)
         return self._run(lambda p, size: p.predict(inputs, prediction_length=prediction_length,
                                                    batch_size=size, **kwargs),
@@ -177,7 +166,7 @@ class Chronos2Wrapper:
                           batch_size: int = 256, **kwargs: Any) -> Tuple[List[Any], List[Any]]:
         """As ``Chronos2Pipeline.predict_quantiles``: (quantiles [targets, horizon, levels],
         mean [targets, horizon]) per task."""
-        _check_prediction_length(prediction_length)
+        _check_horizon(prediction_length)
         _check_targets(inputs)
         return self._run(
             lambda p, size: p.predict_quantiles(inputs, prediction_length=prediction_length,
@@ -189,7 +178,7 @@ class Chronos2Wrapper:
                    **kwargs: Any) -> Any:
         """As ``Chronos2Pipeline.predict_df``: a long DataFrame with ``predictions`` (the median)
         and one column per quantile level."""
-        _check_prediction_length(kwargs.get("prediction_length"))
+        _check_horizon(kwargs.get("prediction_length"))
         _check_frame_targets(df, kwargs.get("id_column", "item_id"),
                              kwargs.get("target", "target"))
         return self._run(lambda p, size: p.predict_df(df, future_df=future_df, batch_size=size,
@@ -231,15 +220,9 @@ def _history(inputs: Any, targets: int) -> Optional[np.ndarray]:
     return array[:, :targets]
 
 
-def _check_prediction_length(prediction_length: Any) -> None:
-    if prediction_length is None:
-        return  # upstream's default: the model's own horizon
-    if isinstance(prediction_length, bool) or not isinstance(prediction_length,
-                                                              (int, np.integer)):
-        raise TypeError(f"prediction_length must be a whole number of steps, got "
-                        f"{prediction_length!r}")
-    if prediction_length <= 0:
-        raise ValueError(f"prediction_length must be positive, got {prediction_length}")
+def _check_horizon(prediction_length: Any) -> None:
+    if prediction_length is not None:  # None: upstream's default, the model's own horizon
+        check_count(prediction_length, "prediction_length")
 
 
 def _each_target(inputs: Any) -> Iterator[Tuple[str, Any]]:

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from infermode.forecast._stack import NativeStack, block_config
-from infermode.forecast._wrapper import (_no_grad, choose_path, log_path, module_device,
-                                         with_retries)
+from infermode.forecast._wrapper import (_no_grad, check_count, choose_path, log_path,
+                                         module_device, with_retries)
 from infermode.forecast.result import Forecast
 
 PRICE_COLUMNS = ["open", "high", "low", "close"]
@@ -109,7 +109,7 @@ class KronosWrapper:
                 top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
                 verbose: bool = False) -> Any:
         """As ``KronosPredictor.predict``: a DataFrame of the mean path, indexed by y_timestamp."""
-        _check_pred_len(pred_len)
+        check_count(pred_len, "pred_len")
         return self._predictor.predict(df, x_timestamp, y_timestamp, pred_len, T=T, top_k=top_k,
                                        top_p=top_p, sample_count=sample_count, verbose=verbose)
 
@@ -118,7 +118,7 @@ class KronosWrapper:
                       top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
                       verbose: bool = False) -> List[Any]:
         """As ``KronosPredictor.predict_batch``: one DataFrame per series."""
-        _check_pred_len(pred_len)
+        check_count(pred_len, "pred_len")
         return self._predictor.predict_batch(df_list, x_timestamp_list, y_timestamp_list,
                                              pred_len, T=T, top_k=top_k, top_p=top_p,
                                              sample_count=sample_count, verbose=verbose)
@@ -153,7 +153,7 @@ class KronosWrapper:
         """As upstream's ``auto_regressive_inference`` with this wrapper's model and tokenizer:
         the decoded window [batch, window, 6], averaged over the sample paths (or each path,
         [batch, sample_count, window, 6], with ``return_samples``)."""
-        _check_pred_len(pred_len)
+        check_count(pred_len, "pred_len")
         if int(sample_count) <= 0:
             raise ValueError(f"sample_count must be positive, got {sample_count}")
         context = self.max_context if max_context is None else int(max_context)
@@ -293,11 +293,6 @@ class KronosWrapper:
         start = max(0, total - max_context)
         z = self._decode(tokens1[:, start:].contiguous(), tokens2[:, start:].contiguous())
         return z.reshape(-1, sample_count, z.shape[1], z.shape[2])
-
-
-def _check_pred_len(pred_len: Any) -> None:
-    if not isinstance(pred_len, (int, np.integer)) or pred_len <= 0:
-        raise ValueError(f"pred_len must be a positive integer, got {pred_len!r}")
 
 
 def _filled(df: Any) -> Any:
