@@ -16,6 +16,11 @@ and 2048, horizon 64, batch 1 and 64 univariate series through ``predict``. Its 
 so the report adds each side's GFLOP/s over the encoder's matrix products and the float32 GEMM
 peak measured in the same run (torch.mm of 2048 x 2048 matrices, same threads).
 
+Toto-Open-Base-1.0 (embed 768, 12 layers, 12 heads, mlp 3072, patch 64, 24 components): context
+512, horizon 128, seeded sampling (the same draws on both sides), 256 samples (64 per sampling
+batch) and 8 samples at batch 1, 8 samples at batch 64. Upstream encodes the context again for
+every sample path; the wrapper once per series.
+
 Upstream and native run interleaved, --repeats times, in one process with the same threads
 (torch.set_num_threads); the report gives the median seconds with min and max, and the ratio.
 Writes forecast.json and forecast.png to --out (forecast-quick.* with --quick).
@@ -119,6 +124,56 @@ def chronos2_case(pipeline: Any, batch: int, context: int, horizon: int,
     }
 
 
+def toto_model() -> Any:
+    """Toto-Open-Base-1.0's size (embed 768, 12 layers of which the last is space-wise, 12
+    heads, mlp 3072, patch 64, 24 mixture components), random weights."""
+    from toto.model.toto import Toto
+
+    torch.manual_seed(0)
+    model = Toto(patch_size=64, stride=64, embed_dim=768, num_layers=12, num_heads=12,
+                 mlp_hidden_dim=3072, dropout=0.1, spacewise_every_n_layers=12,
+                 spacewise_first=False,
+                 scaler_cls="<class 'model.scaler.CausalPatchStdMeanScaler'>",
+                 output_distribution_classes=[
+                     "<class 'model.distribution.MixtureOfStudentTsOutput'>"],
+                 output_distribution_kwargs={"k_components": 24},
+                 use_memory_efficient_attention=False, stabilize_with_global=True,
+                 scale_factor_exponent=10.0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def toto_case(model: Any, batch: int, variates: int, context: int, horizon: int,
+              samples: int, per_batch: int, threads: int) -> Dict[str, Callable]:
+    """Seeded sampling on both sides: the same draws, so the paths can be compared."""
+    from toto.data.util.dataset import MaskedTimeseries
+    from toto.inference.forecaster import TotoForecaster
+
+    from infermode.forecast import TotoWrapper
+
+    wrapper = TotoWrapper(model, threads=threads)
+    upstream = TotoForecaster(model.model)
+    g = torch.Generator().manual_seed(3)
+    series = torch.randn(batch, variates, context, generator=g).cumsum(-1)
+    inputs = MaskedTimeseries(
+        series=series, padding_mask=torch.ones_like(series, dtype=torch.bool),
+        id_mask=torch.zeros_like(series, dtype=torch.int),
+        timestamp_seconds=torch.zeros_like(series, dtype=torch.int),
+        time_interval_seconds=torch.full((batch, variates), 60, dtype=torch.int))
+
+    def run(forecaster: Any) -> Callable:
+        def go() -> torch.Tensor:
+            torch.manual_seed(11)
+            return forecaster.forecast(inputs, horizon, num_samples=samples,
+                                       samples_per_batch=per_batch).samples
+        return go
+
+    return {"upstream": run(upstream), "native": run(wrapper)}
+
+
 def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """float32 GEMM rate of torch (MKL / oneDNN) on this CPU now: the compute roofline."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -144,7 +199,9 @@ def measure(sides: Dict[str, Callable], repeats: int) -> Dict[str, Any]:
     summary = {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
                for name, v in seconds.items()}
     summary["speedup"] = summary["upstream"]["median_s"] / summary["native"]["median_s"]
-    summary["max_abs_diff"] = float(np.abs(outputs["native"] - outputs["upstream"]).max())
+    diff = np.abs(outputs["native"] - outputs["upstream"])
+    summary["max_abs_diff"] = float(diff.max())
+    summary["max_rel_diff"] = float(diff.max() / max(1.0, np.abs(outputs["upstream"]).max()))
     return summary
 
 
@@ -174,15 +231,16 @@ def report(name: str, summary: Dict[str, Any]) -> None:
     print(f"{name}: upstream {up['median_s']:7.2f} s (min {up['min_s']:.2f}, max "
           f"{up['max_s']:.2f}), native {nat['median_s']:6.3f} s (min {nat['min_s']:.3f}, max "
           f"{nat['max_s']:.3f}): {summary['speedup']:.1f}x, max |diff| "
-          f"{summary['max_abs_diff']:.1e}", flush=True)
+          f"{summary['max_abs_diff']:.1e} ({summary['max_rel_diff']:.1e} of the largest value)",
+          flush=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["kronos", "chronos2"],
-                        choices=["kronos", "chronos2"])
+    parser.add_argument("--models", nargs="+", default=["kronos", "chronos2", "toto"],
+                        choices=["kronos", "chronos2", "toto"])
     parser.add_argument("--batches", type=int, nargs="+", default=None,
-                        help="batch sizes (default: Kronos 1 16, Chronos-2 1 64)")
+                        help="batch sizes (default: Kronos 1 16, Chronos-2 and Toto 1 64)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     add_report_arguments(parser, "shorter inputs, 2 repeats: a smoke run")
@@ -218,6 +276,22 @@ def main(argv=None) -> int:
                       f"({summary['upstream']['fraction_of_peak']:.0%} of peak), native "
                       f"{summary['native']['gflops']:.0f} "
                       f"({summary['native']['fraction_of_peak']:.0%})", flush=True)
+    if "toto" in args.models:
+        model = toto_model()
+        context, horizon = (256, 64) if args.quick else (512, 128)
+        cases = [(1, 256, 64), (1, 8, 8), (64, 8, 8)]  # (batch, samples, samples_per_batch)
+        if args.quick:
+            cases = [(1, 32, 16), (4, 8, 8)]
+        for batch, samples, per_batch in cases:
+            if args.batches and batch not in args.batches:
+                continue
+            summary = measure(toto_case(model, batch, 1, context, horizon, samples, per_batch,
+                                        args.threads), repeats)
+            results.append({"model": "Toto", "case": f"{samples} samples, ", "batch": batch,
+                            "context": context, "horizon": horizon, "samples": samples,
+                            "samples_per_batch": per_batch, **summary})
+            report(f"Toto {samples:>3} samples (per batch {per_batch:>3}) batch {batch:>3}",
+                   summary)
     machine = machine_info(args.threads, gemm_peak_gflops=peak)
     stem = "forecast-quick" if args.quick else "forecast"
     json_path = write_report(args.out, stem, "forecast", machine, argv,
