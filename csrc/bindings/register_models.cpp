@@ -11,6 +11,7 @@
 
 #include "bindings/config_value.h"
 #include "bindings/convert.h"
+#include "bindings/interrupt.h"
 #include "core/error.h"
 #include "kernels/quant_pack.h"
 #include "models/decoder.h"
@@ -105,10 +106,6 @@ std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
                                                const std::vector<std::vector<int32_t>>& prompts,
                                                const GenerateOptions& options,
                                                HiddenStateSink* sink, const py::object& on_token) {
-  StopCheck should_stop = [] {
-    py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;  // a pending Ctrl-C sets KeyboardInterrupt
-  };
   TokenCallback callback;
   if (!on_token.is_none()) {
     callback = [&on_token](int64_t seq, int32_t token) {
@@ -116,14 +113,9 @@ std::vector<std::vector<int32_t>> run_generate(const Decoder& model,
       on_token(seq, token);
     };
   }
-  try {
-    py::gil_scoped_release release;
+  return run_interruptible([&](const StopCheck& should_stop) {
     return generate(model, prompts, options, sink, should_stop, callback);
-  } catch (const Interrupted&) {
-    // PyErr_CheckSignals left the KeyboardInterrupt (or a handler's own exception) pending.
-    if (PyErr_Occurred()) throw py::error_already_set();
-    throw;
-  }
+  });
 }
 
 }  // namespace

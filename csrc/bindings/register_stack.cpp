@@ -10,6 +10,7 @@
 
 #include "bindings/config_value.h"
 #include "bindings/convert.h"
+#include "bindings/interrupt.h"
 #include "core/error.h"
 #include "models/transformer_stack.h"
 
@@ -148,11 +149,10 @@ void register_stack(py::module_& m) {
             // Borrowed; the stack and the group attention kernel check dtype and shape.
             const Tensor bias = optional_array(key_bias, "key_bias");
             const Tensor groups = optional_array(group, "group");
-            {
-              py::gil_scoped_release release;
+            run_interruptible([&](const StopCheck& should_stop) {
               self.stack->forward(out_view, c ? c->length : 0, c ? c->cache.get() : nullptr,
-                                  threads, bias, groups);
-            }
+                                  threads, bias, groups, should_stop);
+            });
             if (c) c->length += in.size(1);
             return out;
           },
@@ -163,7 +163,8 @@ void register_stack(py::module_& m) {
           "are added to it; without one they are whole sequences. key_bias: float32\n"
           "[sequences, tokens] added to the scores of each key (-inf hides it) in bidirectional\n"
           "and group attention. group: int64 [sequences], each sequence's group for blocks with\n"
-          "group attention.")
+          "group attention. Ctrl-C stops it between blocks (KeyboardInterrupt); the cache keeps\n"
+          "what it held before the call.")
       .def(
           "new_cache",
           [](PyStack& self, int64_t sequences, int64_t capacity) {

@@ -147,7 +147,8 @@ KvCache TransformerStack::make_cache(int64_t sequences, int64_t capacity) const 
 }
 
 void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads,
-                               const Tensor& key_bias, const Tensor& group) const {
+                               const Tensor& key_bias, const Tensor& group,
+                               const StopCheck& should_stop) const {
   const StackConfig& c = config_;
   IM_CHECK_TYPE(x.dtype() == DType::f32, "transformer stack: x has dtype {}; expected float32",
                 dtype_name(x.dtype()));
@@ -226,6 +227,7 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
     if (d.bias.defined()) add(d.bias, out, threads);
   };
   for (size_t l = 0; l < blocks_.size(); ++l) {
+    if (should_stop && should_stop()) throw Interrupted("transformer stack interrupted");
     const Block& w = blocks_[l];
     const StackBlockConfig& b = c.blocks[l];
     const float scale = b.scaled ? 1.0f / std::sqrt(float(c.head_dim)) : 1.0f;

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/stop_check.h"
 #include "core/tensor.h"
 #include "models/kv_cache.h"
 #include "models/linear.h"
@@ -75,8 +76,11 @@ class TransformerStack {
   // key_bias: float32 [sequences, tokens], added to every score of that key (-inf hides a
   // padded token) in bidirectional time attention and in group attention; undefined for none.
   // group: int64 [sequences], the group of each sequence, for blocks with group attention.
+  // should_stop is checked before each block; true throws Interrupted (x is then part-way, the
+  // cache's positions from first_pos on are garbage, everything before is kept).
   void forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads,
-               const Tensor& key_bias = Tensor(), const Tensor& group = Tensor()) const;
+               const Tensor& key_bias = Tensor(), const Tensor& group = Tensor(),
+               const StopCheck& should_stop = {}) const;
 
   // A cache for `sequences` sequences of up to `capacity` positions; stacks whose time attention
   // is causal only (group attention needs no cache: it sees one position at a time).

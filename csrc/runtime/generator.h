@@ -7,6 +7,7 @@
 #include <functional>
 #include <vector>
 
+#include "core/stop_check.h"
 #include "models/decoder.h"
 #include "runtime/sampler.h"
 
@@ -24,8 +25,7 @@ struct GenerateOptions {
   const LoraAdapter* lora = nullptr;  // applied on top of the base weights at every step
 };
 
-// Returns true when generation must stop now; the generator then throws Interrupted.
-using StopCheck = std::function<bool()>;
+// should_stop (core/stop_check.h) is checked once per token; true throws Interrupted.
 using TokenCallback = std::function<void(int64_t seq, int32_t token)>;
 
 // Throws what generate() would throw for these arguments (no prompts, an empty one, an id outside
