@@ -25,9 +25,10 @@ reads every matrix but the embedding, of which it reads one row. Reported: RSS (
 and file-backed parts) before the load, after it, after a one-token forward, and the peak,
 against the file size.
 
-Forecasts: the issue's soak also runs 1,000 forecasts in the same process. This script does not
-yet: it was written before the forecasting wrappers (infermode.forecast) existed. Add them to the
-loop in ``soak()`` next to the generations and report their RSS the same way.
+Part 1b, forecasts: then --forecasts forecasts (default 1,000) in the same process, through the
+three wrappers in turn on small random-weight models built with the upstream packages:
+Chronos-2 (``predict`` of 4 series), Toto (``forecast`` with 8 sample paths over 3 variates) and
+Kronos (``predict``, 12 steps). RSS is sampled and summarised the same way, warm-up included.
 
 RSS comes from psutil when it is installed, else /proc/self/statm; the anonymous / file-backed
 split from /proc/self/status (Linux). Writes soak.json and soak.png to --out (soak-quick.* for
@@ -108,6 +109,77 @@ def soak(model: im.CausalLM, generations: int, new_tokens: int, every: int) -> D
             print(f"  {i + 1}/{generations} generations, RSS {samples[-1][1] / MIB:.1f} MiB "
                   f"(anonymous {samples[-1][2] / MIB:.1f} MiB), "
                   f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    return {"samples": samples, "seconds": time.perf_counter() - started}
+
+
+def forecasters() -> List[Any]:
+    """One small forecast per wrapper (Chronos-2, Toto, Kronos), as callables."""
+    import pandas as pd
+    import torch
+    from chronos import Chronos2Pipeline
+    from chronos.chronos2 import Chronos2Model
+    from chronos.chronos2.config import Chronos2CoreConfig
+    from model import Kronos, KronosTokenizer
+    from toto.data.util.dataset import MaskedTimeseries
+    from toto.model.toto import Toto
+
+    from infermode.forecast import Chronos2Wrapper, KronosWrapper, TotoWrapper
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    levels = [0.01, 0.05] + [round(0.1 + 0.05 * i, 2) for i in range(17)] + [0.95, 0.99]
+    chronos = Chronos2Wrapper(Chronos2Pipeline(Chronos2Model(Chronos2CoreConfig(
+        d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, feed_forward_proj="relu",
+        vocab_size=2, reg_token_id=1, chronos_config=dict(
+            context_length=256, input_patch_size=16, input_patch_stride=16, output_patch_size=16,
+            max_output_patches=4, quantiles=levels, use_reg_token=True, use_arcsinh=True,
+            time_encoding_scale=256))).eval()))
+    series = torch.from_numpy(rng.normal(size=(4, 1, 120)).cumsum(-1).astype(np.float32))
+
+    toto = TotoWrapper(Toto(
+        patch_size=8, stride=8, embed_dim=32, num_layers=4, num_heads=4, mlp_hidden_dim=64,
+        dropout=0.0, spacewise_every_n_layers=2, spacewise_first=False,
+        scaler_cls="<class 'model.scaler.CausalPatchStdMeanScaler'>",
+        output_distribution_classes=["<class 'model.distribution.MixtureOfStudentTsOutput'>"],
+        output_distribution_kwargs={"k_components": 3}, use_memory_efficient_attention=False))
+    values = torch.from_numpy(rng.normal(size=(3, 64)).cumsum(-1).astype(np.float32))
+    masked = MaskedTimeseries(series=values, padding_mask=torch.ones_like(values, dtype=torch.bool),
+                              id_mask=torch.zeros_like(values, dtype=torch.int),
+                              timestamp_seconds=torch.zeros_like(values, dtype=torch.int),
+                              time_interval_seconds=torch.full((3,), 60, dtype=torch.int))
+
+    tokenizer = KronosTokenizer(d_in=6, d_model=32, n_heads=4, ff_dim=64, n_enc_layers=2,
+                                n_dec_layers=2, ffn_dropout_p=0.0, attn_dropout_p=0.0,
+                                resid_dropout_p=0.0, s1_bits=4, s2_bits=4, beta=0.05,
+                                gamma0=1.0, gamma=1.1, zeta=0.05, group_size=4)
+    kronos = KronosWrapper(Kronos(s1_bits=4, s2_bits=4, n_layers=2, d_model=32, n_heads=4,
+                                  ff_dim=48, ffn_dropout_p=0.0, attn_dropout_p=0.0,
+                                  resid_dropout_p=0.0, token_dropout_p=0.0, learn_te=True),
+                           tokenizer, max_context=64)
+    close = 100 + rng.normal(size=48).cumsum()
+    candles = pd.DataFrame({"open": close, "high": close + 0.5, "low": close - 0.5,
+                            "close": close, "volume": rng.uniform(1e3, 5e3, 48)})
+    stamps = pd.Series(pd.date_range("2026-01-05 09:30", periods=48, freq="5min"))
+    future = pd.Series(pd.date_range(stamps.iloc[-1] + pd.Timedelta("5min"), periods=12,
+                                     freq="5min"))
+    return [lambda: chronos.predict(series, prediction_length=32),
+            lambda: toto.forecast(masked, prediction_length=16, num_samples=8,
+                                  samples_per_batch=8),
+            lambda: kronos.predict(candles, stamps, future, pred_len=12, sample_count=2)]
+
+
+def soak_forecasts(forecasts: int, every: int) -> Dict[str, Any]:
+    """Runs the forecasts, the wrappers in turn; returns RSS samples as soak() does."""
+    runs = forecasters()
+    samples: List[List[float]] = []
+    started = time.perf_counter()
+    for i in range(forecasts):
+        runs[i % len(runs)]()
+        if (i + 1) % every == 0 or i + 1 == forecasts:
+            gc.collect()
+            parts = rss_parts()
+            samples.append([i + 1, parts["rss"], parts.get("anon", parts["rss"]),
+                            time.perf_counter() - started])
     return {"samples": samples, "seconds": time.perf_counter() - started}
 
 
@@ -221,28 +293,36 @@ def big_load(directory: Path, threads: int) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------ report
 
 
-def plot(samples: List[List[float]], warmup: int, big: Optional[Dict[str, Any]], path: Path,
-         title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a build machine
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if big else 1, figsize=(12 if big else 7, 4), squeeze=False)
-    ax = axes[0][0]
+def _rss_panel(ax: Any, samples: List[List[float]], warmup: int, what: str, title: str) -> None:
     ax.plot([s[0] for s in samples], [s[1] / MIB for s in samples], color="tab:blue", lw=1,
             label="RSS")
     ax.plot([s[0] for s in samples], [s[2] / MIB for s in samples], color="tab:orange", lw=1,
             label="anonymous part")
     ax.axvline(warmup, color="k", ls=":", lw=1, label="end of warm-up")
-    ax.set_xlabel("generations")
+    ax.set_xlabel(what)
     ax.set_ylabel("RSS (MiB)")
     ax.grid(alpha=0.3)
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right")
     ax.set_title(title, fontsize=9)
+
+
+def plot(samples: List[List[float]], warmup: int, big: Optional[Dict[str, Any]], path: Path,
+         title: str, forecasts: Optional[List[List[float]]] = None,
+         forecast_warmup: int = 0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a build machine
+    import matplotlib.pyplot as plt
+
+    panels = 1 + bool(forecasts) + bool(big)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels + 1, 4), squeeze=False)
+    _rss_panel(axes[0][0], samples, warmup, "generations", title)
+    if forecasts:
+        _rss_panel(axes[0][1], forecasts, forecast_warmup, "forecasts (Chronos-2, Toto, Kronos "
+                   "in turn)", "RSS over the forecasts, same process")
     if big:
-        ax = axes[0][1]
+        ax = axes[0][-1]
         names = ["before_load", "after_load", "after_forward"]
         steps = big["steps"]
         anon = [steps[n].get("anon", 0) / 2**30 for n in names]
@@ -266,6 +346,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--generations", type=int, default=None,
                         help="short generations in the soak (default 10000; 300 with --quick)")
     parser.add_argument("--new-tokens", type=int, default=8, help="new tokens per generation")
+    parser.add_argument("--forecasts", type=int, default=None,
+                        help="forecasts after the generations (default 1000; 60 with --quick; "
+                             "0 skips them)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="generations before memory should be flat (default 5%%, >= 50)")
     parser.add_argument("--every", type=int, default=None,
@@ -308,6 +391,21 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{summary[name + '_slope_bytes_per_generation']:+.1f} B/generation)")
     print(f"{generations} generations in {run['seconds']:.0f} s")
 
+    forecasts = args.forecasts if args.forecasts is not None else (60 if args.quick else 1000)
+    forecast_run, forecast_summary = None, None
+    if forecasts:
+        forecast_warmup = max(30, forecasts // 20)
+        forecast_run = soak_forecasts(forecasts, max(1, forecasts // 200))
+        forecast_summary = summarize_soak(forecast_run["samples"], forecast_warmup)
+        for name, what in (("rss", "RSS"), ("anon", "anonymous RSS")):
+            print(f"forecasts: {what} after {forecast_summary['warmup_generations']} warm-up "
+                  f"forecasts: {forecast_summary[name + '_after_warmup_mib']:.1f} MiB; after "
+                  f"{forecasts}: {forecast_summary[name + '_end_mib']:.1f} MiB; growth "
+                  f"{forecast_summary[name + '_growth_after_warmup_mib']:+.2f} MiB (fitted "
+                  f"slope {forecast_summary[name + '_slope_bytes_per_generation']:+.1f} "
+                  f"B/forecast)")
+        print(f"{forecasts} forecasts in {forecast_run['seconds']:.0f} s")
+
     big = None
     if not args.no_big:
         directory = args.big_dir / f"llama_f32_{big_gb:g}gb"
@@ -335,14 +433,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "every": every, "threads": args.threads, "prompts": PROMPTS,
                 "capture_every_10th": CAPTURE, "big_gb": None if args.no_big else big_gb,
                 "rss_source": "psutil" if _has_psutil() else "/proc/self/statm",
-                "loadavg_at_end": list(os.getloadavg()), "forecasts": "not run yet"}
+                "loadavg_at_end": list(os.getloadavg()), "forecasts": forecasts}
     paths = [write_report(args.out, stem, "soak", machine, argv, settings=settings,
                           soak=summary, samples=run["samples"], seconds=run["seconds"],
+                          forecast_soak=forecast_summary,
+                          forecast_samples=forecast_run["samples"] if forecast_run else None,
                           big_load=big),
              args.out / f"{stem}.png"]
     plot(run["samples"], summary["warmup_generations"], big, paths[1],
          f"RSS over {generations} generations (bundled SmolLM2-135M Q4_1, {args.new_tokens} "
-         f"new tokens, {args.threads} thread(s)) — {machine['brand']}")
+         f"new tokens, {args.threads} thread(s)) — {machine['brand']}",
+         forecast_run["samples"] if forecast_run else None,
+         forecast_summary["warmup_generations"] if forecast_summary else 0)
     print("wrote", " and ".join(str(p) for p in paths))
     return 0
 
