@@ -211,5 +211,35 @@ TEST(TransformerStack, GroupAttentionNeedsTheGroups) {
     EXPECT_EQ(name.find("mlp.gate"), std::string::npos) << name;
 }
 
+TEST(TransformerStack, ACopiedPrefixContinuesAsTheOriginal) {
+  // A prefix encoded once for one sequence, copied into two rows of a larger cache, continues
+  // exactly as it would have in its own cache (Toto's sample paths share their context so).
+  StackFixture f(small_config(true));
+  TransformerStack stack(f.config, f.tensors);
+  auto prefix = random_floats(4 * 24, 51);
+  KvCache own = stack.make_cache(1, 8);
+  Tensor pt = Tensor::borrow(prefix.data(), DType::f32, {1, 4, 24});
+  stack.forward(pt, 0, &own, 1);
+  KvCache shared = stack.make_cache(2, 8);
+  shared.copy_prefix(own, 0, 0, 4);
+  shared.copy_prefix(own, 0, 1, 4);
+  auto next = random_floats(24, 52);
+  std::vector<float> alone = next, both(2 * 24);
+  std::copy(next.begin(), next.end(), both.begin());
+  std::copy(next.begin(), next.end(), both.begin() + 24);
+  Tensor at = Tensor::borrow(alone.data(), DType::f32, {1, 1, 24});
+  Tensor bt = Tensor::borrow(both.data(), DType::f32, {2, 1, 24});
+  stack.forward(at, 4, &own, 1);
+  stack.forward(bt, 4, &shared, 1);
+  for (int i = 0; i < 24; ++i) {  // one row vs two through the GEMM: rounding may differ
+    ASSERT_NEAR(both[i], alone[i], 1e-5f * (1.0f + std::fabs(alone[i]))) << i;
+    ASSERT_NEAR(both[24 + i], alone[i], 1e-5f * (1.0f + std::fabs(alone[i]))) << i;
+  }
+  KvCache other(3, 1, 3, 8, 8);  // another layer count
+  EXPECT_THROW(shared.copy_prefix(other, 0, 0, 4), ValueError);
+  EXPECT_THROW(shared.copy_prefix(own, 0, 2, 4), ValueError);  // no sequence 2
+  EXPECT_THROW(shared.copy_prefix(own, 0, 0, 9), ValueError);  // past the capacity
+}
+
 }  // namespace
 }  // namespace infermode
