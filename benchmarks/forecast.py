@@ -211,7 +211,8 @@ def plot(results: List[Dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r['model']}\n{r.get('case', '')}batch {r['batch']}" for r in results]
+    labels = [f"{r['model']}\n{r.get('case', '').rstrip(', ')}\nbatch {r['batch']}".replace(
+        "\n\n", "\n") for r in results]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(results), 3.6))
     bars = ax.bar(labels, [r["speedup"] for r in results], color="tab:blue")
     for bar, r in zip(bars, results):

@@ -188,3 +188,10 @@ def test_bad_arguments_are_refused_naming_them(model, kwargs, error, match):
 def test_a_model_that_is_not_totos_is_a_type_error():
     with pytest.raises(TypeError, match="Toto or TotoBackbone"):
         TotoWrapper(torch.nn.Linear(2, 2))
+
+
+def test_variate_labels_run_upstream_and_say_why():
+    model = toto_model(seed=1)
+    model.model.enable_variate_labels()
+    wrapper = TotoWrapper(model)
+    assert not wrapper.native and "variate labels" in wrapper.reason

@@ -69,6 +69,9 @@ def _unsupported(backbone: Any) -> Optional[str]:
     from toto.model.util import RMSNorm
 
     transformer = backbone.transformer
+    if getattr(transformer, "fusion", None) is not None:
+        return ("its variate labels are enabled (enable_variate_labels): the native stack does "
+                "not run the label fusion")
     for i, layer in enumerate(transformer.layers):
         if not (isinstance(layer.norm1, RMSNorm) and isinstance(layer.norm2, RMSNorm)):
             return f"layer {i} uses LayerNorm; the native stack runs Toto's RMSNorm"
