@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <string>
@@ -54,8 +55,17 @@ StackConfig stack_config(const py::dict& d) {
   c.intermediate = config_value<int64_t>(d, "intermediate", where);
   c.norm_eps = config_value<float>(d, "norm_eps", where);
   c.final_norm = config_value<bool>(d, "final_norm", where);
-  for (const py::handle& b : config_value<py::list>(d, "blocks", where))
+  IM_CHECK(d.contains("blocks"), "{} has no 'blocks'", where);
+  const py::object blocks = d["blocks"];
+  IM_CHECK_TYPE(py::isinstance<py::list>(blocks), "{}: 'blocks' must be a list of dicts, got {}",
+                where, py::str(py::type::of(blocks).attr("__name__")).cast<std::string>());
+  size_t i = 0;
+  for (const py::handle& b : blocks.cast<py::list>()) {
+    IM_CHECK_TYPE(py::isinstance<py::dict>(b), "{}: blocks[{}] must be a dict, got {}", where, i,
+                  py::str(py::type::of(b).attr("__name__")).cast<std::string>());
     c.blocks.push_back(block_config(b.cast<py::dict>()));
+    ++i;
+  }
   return c;
 }
 
@@ -92,8 +102,10 @@ void register_stack(py::module_& m) {
       .def(
           "repeat",
           [](const PyStackCache& self, int64_t times) {
-            IM_CHECK(times > 0, "repeat: times must be positive, got {}", times);
             const int64_t sequences = self.cache->sequences();
+            IM_CHECK(times > 0 && times <= std::numeric_limits<int64_t>::max() / sequences,
+                     "repeat: times must be positive and times x {} sequences must fit 64 bits, "
+                     "got {}", sequences, times);
             PyStackCache c;
             c.cache = std::make_unique<KvCache>(
                 self.stack->make_cache(sequences * times, self.cache->capacity()));
@@ -143,6 +155,9 @@ void register_stack(py::module_& m) {
             Tensor out_view;
             py::array_t<float> out = new_float_array(in.shape(), out_view);
             std::memcpy(out_view.raw(), in.raw(), size_t(in.numel()) * sizeof(float));
+            IM_CHECK_TYPE(cache.is_none() || py::isinstance<PyStackCache>(cache),
+                          "cache must be a StackCache (TransformerStack.new_cache) or None, got {}",
+                          py::str(py::type::of(cache).attr("__name__")).cast<std::string>());
             PyStackCache* c = cache.is_none() ? nullptr : &cache.cast<PyStackCache&>();
             IM_CHECK(!c || c->stack == self.stack.get(),
                      "this StackCache was made by another TransformerStack");

@@ -1,6 +1,7 @@
 #include "core/tensor.h"
 
 #include <cstring>
+#include <limits>
 
 #include "core/arena.h"
 #include "core/error.h"
@@ -21,9 +22,24 @@ Shape contiguous_strides(const Shape& shape) {
   return s;
 }
 
+// The most elements a tensor may have: its bytes (at 8 per element) must fit int64 and size_t.
+constexpr int64_t kMaxElements = std::numeric_limits<int64_t>::max() / 8;
+
 void check_shape(const Shape& shape) {
-  for (int i = 0; i < shape.ndim; ++i)
+  bool empty = false;
+  for (int i = 0; i < shape.ndim; ++i) {
     IM_CHECK(shape[i] >= 0, "tensor shape {} has a negative size in dim {}", shape.str(), i);
+    empty = empty || shape[i] == 0;
+  }
+  if (empty) return;
+  // Checked one factor at a time: the product itself could overflow, and a wrapped size would
+  // allocate a small buffer that the tensor's users then overrun.
+  int64_t n = 1;
+  for (int i = 0; i < shape.ndim; ++i) {
+    IM_CHECK(n <= kMaxElements / shape[i], "tensor shape {} has more elements than memory can "
+             "address", shape.str());
+    n *= shape[i];
+  }
 }
 
 }  // namespace

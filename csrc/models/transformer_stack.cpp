@@ -25,6 +25,9 @@ void check_config(const StackConfig& c) {
            "transformer stack config: every size must be positive (hidden {}, heads {}, "
            "head_dim {}, intermediate {})", c.hidden, c.heads, c.head_dim, c.intermediate);
   IM_CHECK(!c.blocks.empty(), "transformer stack config: no blocks");
+  // Checked here, not at the first forward: a stack that builds must run.
+  IM_CHECK(std::isfinite(c.norm_eps) && c.norm_eps >= 0,
+           "transformer stack config: norm_eps must be finite and >= 0, got {}", c.norm_eps);
   for (size_t i = 0; i < c.blocks.size(); ++i) {
     const StackBlockConfig& b = c.blocks[i];
     IM_CHECK(b.time_attention || b.group_attention,
@@ -32,6 +35,9 @@ void check_config(const StackConfig& c) {
     IM_CHECK(!b.time_attention || b.rope == StackRope::none || c.head_dim % 2 == 0,
              "transformer stack config: block {} uses RoPE, which needs an even head_dim, got {}",
              i, c.head_dim);
+    IM_CHECK(b.rope == StackRope::none || (std::isfinite(b.rope_theta) && b.rope_theta > 0),
+             "transformer stack config: block {} has rope_theta {}; it must be positive", i,
+             b.rope_theta);
     IM_CHECK(b.rope != StackRope::interleaved_xpos ||
                  (std::isfinite(b.xpos_scale_base) && b.xpos_scale_base > 0),
              "transformer stack config: block {} has xpos_scale_base {}; it must be positive",

@@ -80,6 +80,11 @@ TEST(Tensor, BadArgumentsThrowWithTheirValues) {
     EXPECT_NE(std::string(e.what()).find("index 7"), std::string::npos) << e.what();
   }
   EXPECT_THROW(Tensor::empty({2, -1}, DType::f32), ValueError);
+  // Sizes whose product wraps around 64 bits would allocate a small buffer to be overrun
+  // (a KV cache of 2**62 sequences did, found fuzzing the stack's bindings).
+  EXPECT_THROW(Tensor::empty({int64_t(1) << 62, 3, 2}, DType::f32), ValueError);
+  EXPECT_THROW(Tensor::empty({int64_t(1) << 31, int64_t(1) << 31, 4}, DType::f32), ValueError);
+  EXPECT_EQ(Tensor::empty({int64_t(1) << 62, 0}, DType::f32).numel(), 0);  // empty is fine
 }
 
 TEST(Tensor, EmptyOwnsHeapOutsideTheModeAndViewsKeepItAlive) {

@@ -21,7 +21,7 @@ import tempfile
 import traceback
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -226,3 +226,17 @@ def exercise(model) -> None:
                                    {"role": "user", "content": "hi"}])
     except Exception as exc:  # noqa: BLE001
         check_named_refusal(exc)
+
+
+def dispatch(calls: List[Callable[[Any], None]]) -> Callable[[bytes], None]:
+    """The test_one_input of a target whose input is a list of choices: the first byte picks one
+    of ``calls``, the rest are its arguments (atheris.FuzzedDataProvider)."""
+
+    def test_one_input(data: bytes) -> None:
+        if not data:
+            return
+        import atheris
+
+        calls[data[0] % len(calls)](atheris.FuzzedDataProvider(data[1:]))
+
+    return test_one_input

@@ -400,12 +400,7 @@ CALLS: List[Callable[[Any], None]] = [
 ]
 
 
-def test_one_input(data: bytes) -> None:
-    if not data:
-        return
-    import atheris
-
-    CALLS[data[0] % len(CALLS)](atheris.FuzzedDataProvider(data[1:]))
+test_one_input = _harness.dispatch(CALLS)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -59,6 +59,7 @@ def main() -> None:
             "peft_adapter": adapter_seeds(tmp, base),
             "tokenizer": tokenizer_seeds(base),
             "core_boundary": boundary_seeds(),
+            "stack": stack_seeds(),
         }
     for target, seeds in corpora.items():
         (CORPUS / target).mkdir(parents=True)
@@ -255,18 +256,28 @@ def tokenizer_seeds(base: Path) -> Dict[str, bytes]:
 # ------------------------------------------------------------------------- the core boundary
 
 
-def boundary_seeds() -> Dict[str, bytes]:
-    """The boundary target reads its input as choices (atheris.FuzzedDataProvider): the first
-    byte picks the call, the rest its arguments. A few random byte strings for each call."""
-    from fuzz_core_boundary import CALLS
-
+def call_seeds(calls: List[Any]) -> Dict[str, bytes]:
+    """The boundary and stack targets read their input as choices (atheris.FuzzedDataProvider):
+    the first byte picks the call, the rest its arguments. A few random byte strings per call."""
     rng = np.random.default_rng(0)
     seeds = {}
-    for index, call in enumerate(CALLS):
+    for index, call in enumerate(calls):
         for j in range(3):
             body = rng.integers(0, 256, size=48 + 80 * j, dtype=np.uint8).tobytes()
             seeds[f"{call.__name__}-{j}"] = bytes([index]) + body
     return seeds
+
+
+def boundary_seeds() -> Dict[str, bytes]:
+    from fuzz_core_boundary import CALLS
+
+    return call_seeds(CALLS)
+
+
+def stack_seeds() -> Dict[str, bytes]:
+    from fuzz_stack import CALLS
+
+    return call_seeds(CALLS)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ ROW = re.compile(r"^(\w+)\s+([\d,]+)\s+\d+\s+\d+\s+[\d,]+\s+(\d+)$", re.MULTILIN
 
 
 def test_every_target_is_run():
-    assert TARGETS == ["core_boundary", "gguf", "hf_checkpoint", "peft_adapter", "tokenizer"]
+    assert TARGETS == ["core_boundary", "gguf", "hf_checkpoint", "peft_adapter", "stack",
+                       "tokenizer"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

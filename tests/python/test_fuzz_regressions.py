@@ -383,6 +383,53 @@ def test_lora_bias_name_with_a_20_digit_block_index_is_a_value_error(model):
         _core.LoraAdapter(model._model, {}, {name: np.zeros(4, np.float32)})
 
 
+# ------------------------------------------------------------------ the forecasters' stack
+
+
+def _stack(norm_eps=1e-6, blocks=None):
+    block = {"time_attention": True, "group_attention": False, "causal": True, "scaled": True,
+             "attention_bias": False, "rope": "half_split", "rope_theta": 1e4,
+             "xpos_scale_base": 512.0, "mlp": "swiglu", "mlp_bias": False}
+    config = {"hidden": 8, "heads": 2, "head_dim": 4, "intermediate": 12, "norm_eps": norm_eps,
+              "final_norm": False, "blocks": [block] if blocks is None else blocks}
+    rng = np.random.default_rng(0)
+    names = _core.TransformerStack.tensor_names(config) if blocks is None else []
+    tensors = {n: rng.normal(size=shape).astype(np.float32) for n, shape in names}
+    return _core.TransformerStack(config, tensors)
+
+
+@pytest.mark.parametrize("eps", [float("nan"), float("inf"), -1.0])
+def test_stack_with_a_bad_norm_eps_is_refused_when_built(eps):
+    # fuzz_stack: it was built, then refused by its first forward.
+    with pytest.raises(ValueError, match="norm_eps must be finite and >= 0"):
+        _stack(norm_eps=eps)
+
+
+def test_stack_cache_sizes_that_overflow_64_bits_are_refused():
+    # Writing the stack target: new_cache(2**62, 3) wrapped its size around 64 bits and
+    # allocated a small buffer that forward would overrun; repeat() multiplied the same way.
+    stack = _stack()
+    for sequences, capacity in [(2**62, 3), (3, 2**62), (2**31 - 1, 2**31 - 1)]:
+        with pytest.raises(ValueError, match="more elements than memory can address"):
+            stack.new_cache(sequences, capacity)
+    with pytest.raises(ValueError, match="must fit 64 bits"):
+        stack.new_cache(2, 4).repeat(2**62)
+
+
+@pytest.mark.parametrize("cache", ["cache", 3, np.zeros(3)])
+def test_stack_forward_names_a_cache_of_the_wrong_kind(cache):
+    # fuzz_stack: pybind's cast error (a RuntimeError without the argument's name).
+    with pytest.raises(TypeError, match="cache must be a StackCache"):
+        _stack().forward(np.zeros((1, 1, 8), np.float32), cache)
+
+
+@pytest.mark.parametrize("blocks,match", [("blocks", "'blocks' must be a list of dicts"),
+                                          ([1], r"blocks\[0\] must be a dict")])
+def test_stack_config_blocks_of_the_wrong_kind_are_named(blocks, match):
+    with pytest.raises(TypeError, match=match):
+        _stack(blocks=blocks)
+
+
 # ------------------------------------------------------------------- the crash inputs themselves
 
 
