@@ -75,7 +75,7 @@ def test_ctrl_c_stops_kronos_within_a_step_and_the_wrapper_still_forecasts():
     from model import kronos as upstream
 
     model, tokenizer = kronos_pair()
-    wrapper = KronosWrapper(model, tokenizer, max_context=64)
+    wrapper = KronosWrapper(model, tokenizer, max_context=256)
     df, stamps = candles(40)
     ys = future_stamps(stamps, 200)
     assert _interrupted(lambda: wrapper.predict(df, stamps, ys, pred_len=200,
@@ -85,6 +85,6 @@ def test_ctrl_c_stops_kronos_within_a_step_and_the_wrapper_still_forecasts():
     y_stamp = torch.zeros(2, 8, 5)
     got = wrapper.auto_regressive_inference(x, x_stamp, y_stamp, 8, clip=5, T=1.0, top_k=1,
                                             top_p=0.99, sample_count=1)
-    want = upstream.auto_regressive_inference(tokenizer, model, x, x_stamp, y_stamp, 64, 8, 5,
+    want = upstream.auto_regressive_inference(tokenizer, model, x, x_stamp, y_stamp, 256, 8, 5,
                                               1.0, 1, 0.99, 1)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

@@ -149,6 +149,8 @@ def test_bad_inputs_raise_errors_naming_them(pair):
     for bad, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError)):
         with pytest.raises(error, match="pred_len"):
             k.predict(df, stamps, ys, pred_len=bad)
+    with pytest.raises(ValueError, match="pred_len 40 exceeds max_context 32"):
+        k.predict(df, stamps, future_stamps(stamps, 40), pred_len=40)
     with pytest.raises(ValueError, match="close"):
         k.predict(df.drop(columns=["close"]), stamps, ys, pred_len=4)
     with pytest.raises(ValueError, match="NaN"):

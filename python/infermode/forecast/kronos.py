@@ -103,13 +103,22 @@ class KronosWrapper:
         return Predictor(self.model, self.tokenizer, device=str(self.device),
                          max_context=self.max_context, clip=self.clip)
 
+    def _check_horizon(self, pred_len: Any) -> None:
+        check_count(pred_len, "pred_len")
+        if pred_len > self.max_context:
+            # Upstream decodes only the window's last max_context tokens, so its predictor
+            # fails building the DataFrame; say why before any work is done.
+            raise ValueError(f"pred_len {pred_len} exceeds max_context {self.max_context}: "
+                             "Kronos decodes only the last max_context steps; raise max_context "
+                             "or forecast in parts")
+
     # upstream's API ---------------------------------------------------------------------------
 
     def predict(self, df: Any, x_timestamp: Any, y_timestamp: Any, pred_len: int, T: float = 1.0,
                 top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
                 verbose: bool = False) -> Any:
         """As ``KronosPredictor.predict``: a DataFrame of the mean path, indexed by y_timestamp."""
-        check_count(pred_len, "pred_len")
+        self._check_horizon(pred_len)
         return self._predictor.predict(df, x_timestamp, y_timestamp, pred_len, T=T, top_k=top_k,
                                        top_p=top_p, sample_count=sample_count, verbose=verbose)
 
@@ -118,7 +127,7 @@ class KronosWrapper:
                       top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
                       verbose: bool = False) -> List[Any]:
         """As ``KronosPredictor.predict_batch``: one DataFrame per series."""
-        check_count(pred_len, "pred_len")
+        self._check_horizon(pred_len)
         return self._predictor.predict_batch(df_list, x_timestamp_list, y_timestamp_list,
                                              pred_len, T=T, top_k=top_k, top_p=top_p,
                                              sample_count=sample_count, verbose=verbose)
