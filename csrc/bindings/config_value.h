@@ -8,6 +8,7 @@
 
 #include <string>
 
+#include "bindings/convert.h"
 #include "core/error.h"
 
 namespace infermode::bindings {
@@ -22,8 +23,8 @@ T config_value(const py::dict& d, const char* key, const char* where) {
   try {
     return d[key].cast<T>();
   } catch (const py::cast_error&) {
-    throw TypeError(fmt::format("{}: '{}' has the wrong type ({})", where, key,
-                                py::str(py::type::of(d[key]).attr("__name__")).cast<std::string>()));
+    throw TypeError(
+        fmt::format("{}: '{}' has the wrong type ({})", where, key, type_name(d[key])));
   }
 }
 

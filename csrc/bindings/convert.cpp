@@ -81,4 +81,8 @@ py::array resolve_out(const py::object& out, const Shape& shape, Tensor& view) {
   return arr;
 }
 
+std::string type_name(const py::handle& obj) {
+  return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+}
+
 }  // namespace infermode::bindings

@@ -22,6 +22,9 @@ Tensor borrow_array(const py::array& arr, const char* name, bool writable = fals
 // borrowed. `what` names the argument in errors.
 QuantView borrow_blocks(const py::array& arr, QuantFormat format, const std::string& what);
 
+// The name of obj's Python type ("int", "ndarray"), for messages that say what came instead.
+std::string type_name(const py::handle& obj);
+
 // A new float32 NumPy array (owning its memory) of the given shape, borrowed as a Tensor.
 py::array_t<float> new_float_array(const Shape& shape, Tensor& view);
 

@@ -94,8 +94,7 @@ struct PyLoraAdapter {
 const LoraAdapter* adapter_for(const PyDecoder& self, const py::object& adapter) {
   if (adapter.is_none()) return nullptr;
   IM_CHECK_TYPE(py::isinstance<PyLoraAdapter>(adapter),
-                "adapter must be a LoraAdapter or None, got {}",
-                py::str(py::type::of(adapter).attr("__name__")).cast<std::string>());
+                "adapter must be a LoraAdapter or None, got {}", type_name(adapter));
   const PyLoraAdapter& a = adapter.cast<const PyLoraAdapter&>();
   IM_CHECK(a.model == self.model.get(),
            "this LoRA adapter was built for another Decoder; build it for this one");

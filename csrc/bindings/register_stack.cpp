@@ -58,11 +58,11 @@ StackConfig stack_config(const py::dict& d) {
   IM_CHECK(d.contains("blocks"), "{} has no 'blocks'", where);
   const py::object blocks = d["blocks"];
   IM_CHECK_TYPE(py::isinstance<py::list>(blocks), "{}: 'blocks' must be a list of dicts, got {}",
-                where, py::str(py::type::of(blocks).attr("__name__")).cast<std::string>());
+                where, type_name(blocks));
   size_t i = 0;
   for (const py::handle& b : blocks.cast<py::list>()) {
     IM_CHECK_TYPE(py::isinstance<py::dict>(b), "{}: blocks[{}] must be a dict, got {}", where, i,
-                  py::str(py::type::of(b).attr("__name__")).cast<std::string>());
+                  type_name(b));
     c.blocks.push_back(block_config(b.cast<py::dict>()));
     ++i;
   }
@@ -72,7 +72,7 @@ StackConfig stack_config(const py::dict& d) {
 Tensor optional_array(const py::object& obj, const char* name) {
   if (obj.is_none()) return Tensor();
   IM_CHECK_TYPE(py::isinstance<py::array>(obj), "{} must be a NumPy array or None, got {}", name,
-                py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+                type_name(obj));
   return borrow_array(obj.cast<py::array>(), name);
 }
 
@@ -157,7 +157,7 @@ void register_stack(py::module_& m) {
             std::memcpy(out_view.raw(), in.raw(), size_t(in.numel()) * sizeof(float));
             IM_CHECK_TYPE(cache.is_none() || py::isinstance<PyStackCache>(cache),
                           "cache must be a StackCache (TransformerStack.new_cache) or None, got {}",
-                          py::str(py::type::of(cache).attr("__name__")).cast<std::string>());
+                          type_name(cache));
             PyStackCache* c = cache.is_none() ? nullptr : &cache.cast<PyStackCache&>();
             IM_CHECK(!c || c->stack == self.stack.get(),
                      "this StackCache was made by another TransformerStack");
