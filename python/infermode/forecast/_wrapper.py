@@ -92,6 +92,23 @@ def is_memory_error(exc: BaseException) -> bool:
                                               or "can't allocate memory" in text)
 
 
+def retry_shrinking(run: Callable[[int], T], size: int,
+                    smaller: Callable[[int], Optional[int]], what: str, name: str) -> T:
+    """``run(size)`` under ``no_grad``; while it runs out of memory, again with ``smaller(size)``
+    (``name`` is the argument ``size`` is, for the log). Raises once ``smaller`` gives None."""
+    while True:
+        try:
+            with _no_grad():
+                return run(size)
+        except Exception as exc:
+            next_size = smaller(size)
+            if not is_memory_error(exc) or next_size is None:
+                raise
+            logger.warning("%s: out of memory with %s %d; retrying with %d (%s)", what, name,
+                           size, next_size, exc)
+            size = next_size
+
+
 def with_retries(run: Callable[[Sequence[Any]], T], items: Sequence[Any],
                  batch_size: Optional[int] = None, what: str = "forecast") -> List[T]:
     """``run`` over ``items`` in batches of ``batch_size`` (all at once when None), halving the

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Typ
 import numpy as np
 
 from infermode.forecast._stack import NativeStack, block_config
-from infermode.forecast._wrapper import (_no_grad, check_count, choose_path, eval_view,
-                                         is_memory_error, log_path, logger, module_device)
+from infermode.forecast._wrapper import (check_count, choose_path, eval_view, log_path,
+                                         module_device, retry_shrinking)
 from infermode.forecast.result import Forecast
 
 T = TypeVar("T")
@@ -137,17 +137,9 @@ class Chronos2Wrapper:
         """``call(pipeline, batch_size)``, halving the batch while it runs out of memory."""
         if int(batch_size) <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        size = int(batch_size)
-        while True:
-            try:
-                with _no_grad():
-                    return call(self._active, size)
-            except Exception as exc:
-                if not is_memory_error(exc) or size == 1:
-                    raise
-                logger.warning("Chronos2Wrapper.%s: out of memory with batch_size %d; retrying "
-                               "with %d (%s)", what, size, max(1, size // 2), exc)
-                size = max(1, size // 2)
+        return retry_shrinking(lambda size: call(self._active, size), int(batch_size),
+                               lambda size: size // 2 if size > 1 else None,
+                               f"Chronos2Wrapper.{what}", "batch_size")
 
     # upstream's API ---------------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from infermode.forecast._stack import NativeStack, block_config
-from infermode.forecast._wrapper import (_no_grad, check_count, choose_path, eval_view,
-                                         is_memory_error, log_path, logger, module_device)
+from infermode.forecast._wrapper import (check_count, choose_path, eval_view, log_path,
+                                         logger, module_device, retry_shrinking)
 from infermode.forecast.result import Forecast
 
 
@@ -236,8 +236,12 @@ def _shared_context_forecaster(view: Any) -> Any:
             def per_path(t: Any) -> Any:
                 return repeat(t, "b ... -> (s b) ...", s=paths)
 
-            first = _repeated_mixture(first, per_path)
-            loc, scale = per_path(loc), per_path(scale)
+            # The same for every sampling batch: its paths start from these (each step's cat
+            # makes new tensors, so they are only read).
+            first_step = self.create_affine_transformed(_repeated_mixture(first, per_path),
+                                                        per_path(loc), per_path(scale))
+            context_inputs, context_padding = per_path(inputs), per_path(input_padding_mask)
+            context_ids = per_path(id_mask)
             dummy_padding = torch.ones((batch * paths, variates, patch), dtype=torch.bool)
             dummy_id_mask = repeat(id_mask[:, :, -1:], "b v 1 -> (s b) v p", s=paths, p=patch)
             exogenous = (per_path(future_exogenous_variables)
@@ -245,9 +249,9 @@ def _shared_context_forecaster(view: Any) -> Any:
             all_samples = []
             for _ in range(num_samples // paths):
                 cache = context_cache.with_rows_repeated(paths)
-                batch_inputs, batch_padding = per_path(inputs), per_path(input_padding_mask)
-                batch_ids = per_path(id_mask)
-                distr = self.create_affine_transformed(first, loc, scale)
+                batch_inputs, batch_padding, batch_ids = context_inputs, context_padding, \
+                    context_ids
+                distr = first_step
                 for idx in range(rounded_steps // patch):
                     if idx > 0:
                         base, step_loc, step_scale = model(
@@ -332,21 +336,13 @@ class TotoWrapper:
             logger.warning("TotoWrapper: id_mask changes along time; this forecast runs "
                            "upstream's code (the native stack takes one id per variate)")
             forecaster = self._upstream
-        size = samples_per_batch if num_samples is not None else 1
-        while True:
-            try:
-                with _no_grad():
-                    return forecaster.forecast(
-                        inputs, prediction_length, num_samples=num_samples,
-                        samples_per_batch=size, use_kv_cache=use_kv_cache,
-                        future_exogenous_variables=future_exogenous_variables)
-            except Exception as exc:
-                smaller = _smaller_divisor(num_samples, size)
-                if not is_memory_error(exc) or smaller is None:
-                    raise
-                logger.warning("TotoWrapper.forecast: out of memory with samples_per_batch %d; "
-                               "retrying with %d (%s)", size, smaller, exc)
-                size = smaller
+        return retry_shrinking(
+            lambda size: forecaster.forecast(
+                inputs, prediction_length, num_samples=num_samples, samples_per_batch=size,
+                use_kv_cache=use_kv_cache, future_exogenous_variables=future_exogenous_variables),
+            samples_per_batch if num_samples is not None else 1,
+            lambda size: _smaller_divisor(num_samples, size), "TotoWrapper.forecast",
+            "samples_per_batch")
 
     def predict(self, inputs: Any, prediction_length: int, num_samples: Optional[int] = None,
                 samples_per_batch: int = 10, use_kv_cache: bool = True,
