@@ -90,6 +90,13 @@ def rss_parts() -> Dict[str, int]:
 # ------------------------------------------------------------------------------------ the soak
 
 
+def rss_sample(count: int, started: float) -> List[float]:
+    """[runs so far, RSS, its anonymous part, seconds], after a garbage collection."""
+    gc.collect()
+    parts = rss_parts()
+    return [count, parts["rss"], parts.get("anon", parts["rss"]), time.perf_counter() - started]
+
+
 def soak(model: im.CausalLM, generations: int, new_tokens: int, every: int) -> Dict[str, Any]:
     """Runs the generations; returns the RSS samples (generation count, bytes, seconds)."""
     prompts = [model.tokenizer.encode(p).ids for p in PROMPTS]
@@ -101,10 +108,7 @@ def soak(model: im.CausalLM, generations: int, new_tokens: int, every: int) -> D
                        temperature=0.8 if sampled else 0.0, top_k=40 if sampled else 0, seed=i,
                        capture=CAPTURE if i % 10 == 0 else None)
         if (i + 1) % every == 0 or i + 1 == generations:
-            gc.collect()
-            parts = rss_parts()
-            samples.append([i + 1, parts["rss"], parts.get("anon", parts["rss"]),
-                            time.perf_counter() - started])
+            samples.append(rss_sample(i + 1, started))
         if (i + 1) % max(every, generations // 20) == 0:
             print(f"  {i + 1}/{generations} generations, RSS {samples[-1][1] / MIB:.1f} MiB "
                   f"(anonymous {samples[-1][2] / MIB:.1f} MiB), "
@@ -176,11 +180,20 @@ def soak_forecasts(forecasts: int, every: int) -> Dict[str, Any]:
     for i in range(forecasts):
         runs[i % len(runs)]()
         if (i + 1) % every == 0 or i + 1 == forecasts:
-            gc.collect()
-            parts = rss_parts()
-            samples.append([i + 1, parts["rss"], parts.get("anon", parts["rss"]),
-                            time.perf_counter() - started])
+            samples.append(rss_sample(i + 1, started))
     return {"samples": samples, "seconds": time.perf_counter() - started}
+
+
+def print_summary(summary: Dict[str, Any], runs: int, unit: str) -> None:
+    """One line for RSS and one for its anonymous part, from summarize_soak()."""
+    for name, what in (("rss", "RSS"), ("anon", "anonymous RSS")):
+        print(f"{what} after {summary['warmup_generations']} warm-up {unit}s: "
+              f"{summary[name + '_after_warmup_mib']:.1f} MiB; after {runs}: "
+              f"{summary[name + '_end_mib']:.1f} MiB; growth "
+              f"{summary[name + '_growth_after_warmup_mib']:+.2f} MiB (min "
+              f"{summary[name + '_min_after_warmup_mib']:.1f}, max "
+              f"{summary[name + '_max_after_warmup_mib']:.1f} MiB, fitted slope "
+              f"{summary[name + '_slope_bytes_per_generation']:+.1f} B/{unit})")
 
 
 def summarize_soak(samples: List[List[float]], warmup: int) -> Dict[str, Any]:
@@ -381,14 +394,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     model = im.CausalLM.from_pretrained(threads=args.threads)
     run = soak(model, generations, args.new_tokens, every)
     summary = summarize_soak(run["samples"], warmup)
-    for name, what in (("rss", "RSS"), ("anon", "anonymous RSS")):
-        print(f"{what} after {summary['warmup_generations']} warm-up generations: "
-              f"{summary[name + '_after_warmup_mib']:.1f} MiB; after {generations}: "
-              f"{summary[name + '_end_mib']:.1f} MiB; growth "
-              f"{summary[name + '_growth_after_warmup_mib']:+.2f} MiB (min "
-              f"{summary[name + '_min_after_warmup_mib']:.1f}, max "
-              f"{summary[name + '_max_after_warmup_mib']:.1f} MiB, fitted slope "
-              f"{summary[name + '_slope_bytes_per_generation']:+.1f} B/generation)")
+    print_summary(summary, generations, "generation")
     print(f"{generations} generations in {run['seconds']:.0f} s")
 
     forecasts = args.forecasts if args.forecasts is not None else (60 if args.quick else 1000)
@@ -397,13 +403,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         forecast_warmup = max(30, forecasts // 20)
         forecast_run = soak_forecasts(forecasts, max(1, forecasts // 200))
         forecast_summary = summarize_soak(forecast_run["samples"], forecast_warmup)
-        for name, what in (("rss", "RSS"), ("anon", "anonymous RSS")):
-            print(f"forecasts: {what} after {forecast_summary['warmup_generations']} warm-up "
-                  f"forecasts: {forecast_summary[name + '_after_warmup_mib']:.1f} MiB; after "
-                  f"{forecasts}: {forecast_summary[name + '_end_mib']:.1f} MiB; growth "
-                  f"{forecast_summary[name + '_growth_after_warmup_mib']:+.2f} MiB (fitted "
-                  f"slope {forecast_summary[name + '_slope_bytes_per_generation']:+.1f} "
-                  f"B/forecast)")
+        print_summary(forecast_summary, forecasts, "forecast")
         print(f"{forecasts} forecasts in {forecast_run['seconds']:.0f} s")
 
     big = None
