@@ -72,20 +72,27 @@ std::string Shape::str() const {
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype) {
+  if (!InferenceMode::is_enabled()) return owned(shape, dtype);
   check_shape(shape);
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
-  size_t bytes = t.nbytes();
-  if (InferenceMode::is_enabled()) {
-    t.data_ = thread_arena().allocate(bytes);
-    t.storage_ = Storage::arena;
-  } else {
-    t.data_ = heap_alloc(bytes);
-    t.owner_ = std::shared_ptr<void>(t.data_, [bytes](void* p) { heap_free(p, bytes); });
-    t.storage_ = Storage::heap;
-  }
+  t.data_ = thread_arena().allocate(t.nbytes());
+  t.storage_ = Storage::arena;
+  return t;
+}
+
+Tensor Tensor::owned(const Shape& shape, DType dtype) {
+  check_shape(shape);
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  const size_t bytes = t.nbytes();
+  t.data_ = heap_alloc(bytes);
+  t.owner_ = std::shared_ptr<void>(t.data_, [bytes](void* p) { heap_free(p, bytes); });
+  t.storage_ = Storage::heap;
   return t;
 }
 

@@ -49,6 +49,10 @@ class Tensor {
 
   // Contiguous, uninitialised: arena memory inside the inference mode, heap memory outside it.
   static Tensor empty(const Shape& shape, DType dtype);
+  // Contiguous, uninitialised, on the heap even inside the inference mode: for what outlives the
+  // call that makes it (weights made at load, a cache Python holds), which the arena would take
+  // back when the guard ends.
+  static Tensor owned(const Shape& shape, DType dtype);
   static Tensor zeros(const Shape& shape, DType dtype);
   // Wraps memory owned elsewhere; strides in elements (contiguous when omitted).
   static Tensor borrow(void* data, DType dtype, const Shape& shape);

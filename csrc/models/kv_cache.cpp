@@ -7,14 +7,15 @@
 namespace infermode {
 
 KvCache::KvCache(int64_t layers, int64_t sequences, int64_t kv_heads, int64_t capacity,
-                 int64_t head_dim)
+                 int64_t head_dim, bool owned)
     : layers_(layers), sequences_(sequences), kv_heads_(kv_heads), capacity_(capacity),
       head_dim_(head_dim) {
   IM_CHECK(layers > 0 && sequences > 0 && kv_heads > 0 && capacity > 0 && head_dim > 0,
            "kv cache: every size must be positive (layers {}, sequences {}, kv_heads {}, "
            "capacity {}, head_dim {})", layers, sequences, kv_heads, capacity, head_dim);
-  k_ = Tensor::empty({layers, sequences, kv_heads, capacity, head_dim}, DType::f32);
-  v_ = Tensor::empty({layers, sequences, kv_heads, capacity, head_dim}, DType::f32);
+  const Shape shape{layers, sequences, kv_heads, capacity, head_dim};
+  k_ = owned ? Tensor::owned(shape, DType::f32) : Tensor::empty(shape, DType::f32);
+  v_ = owned ? Tensor::owned(shape, DType::f32) : Tensor::empty(shape, DType::f32);
 }
 
 Tensor KvCache::block(const Tensor& all, int64_t layer, int64_t seq) const {

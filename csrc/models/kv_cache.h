@@ -10,7 +10,10 @@ namespace infermode {
 
 class KvCache {
  public:
-  KvCache(int64_t layers, int64_t sequences, int64_t kv_heads, int64_t capacity, int64_t head_dim);
+  // The memory comes from the thread's arena inside the inference mode (a cache that lives for
+  // one call), unless `owned`: then from the heap, for a cache that outlives the call making it.
+  KvCache(int64_t layers, int64_t sequences, int64_t kv_heads, int64_t capacity, int64_t head_dim,
+          bool owned = false);
 
   // (kv_heads, capacity, head_dim) views of one layer and sequence.
   Tensor keys(int64_t layer, int64_t seq) const { return block(k_, layer, seq); }

@@ -36,7 +36,7 @@ std::pair<int64_t, std::string> split_layer(const std::string& name) {
 }
 
 Tensor copy_of(const Tensor& t) {
-  Tensor out = Tensor::empty(t.shape(), DType::f32);
+  Tensor out = Tensor::owned(t.shape(), DType::f32);  // the adapter outlives any guard
   std::memcpy(out.raw(), t.raw(), size_t(t.nbytes()));
   return out;
 }

@@ -149,7 +149,7 @@ KvCache TransformerStack::make_cache(int64_t sequences, int64_t capacity) const 
              "transformer stack: block {} is bidirectional; a KV cache only serves causal "
              "stacks (run whole sequences instead)", i);
   return KvCache(int64_t(config_.blocks.size()), sequences, config_.heads, capacity,
-                 config_.head_dim);
+                 config_.head_dim, /*owned=*/true);
 }
 
 void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int threads,

@@ -83,7 +83,8 @@ class TransformerStack {
                const StopCheck& should_stop = {}) const;
 
   // A cache for `sequences` sequences of up to `capacity` positions; stacks whose time attention
-  // is causal only (group attention needs no cache: it sees one position at a time).
+  // is causal only (group attention needs no cache: it sees one position at a time). Heap
+  // memory, whatever mode the caller is in: the caller keeps it across calls.
   KvCache make_cache(int64_t sequences, int64_t capacity) const;
 
  private:

@@ -16,6 +16,7 @@ import transformers
 
 peft = pytest.importorskip("peft")
 
+import infermode as im  # noqa: E402
 from infermode.checkpoints.peft import load_adapter, same_model_name  # noqa: E402
 from infermode.llm import CausalLM  # noqa: E402
 
@@ -203,6 +204,19 @@ def test_switching_adapters_gives_each_its_own_logits(bases, tmp_path):
     assert lm.adapters == ("de",) and lm.active_adapter is None
 
 
+def test_an_adapter_loaded_inside_the_native_mode_outlives_it(bases, tmp_path):
+    """The adapter's tensors are the model's from then on: they must not come from the arena
+    that the native mode hands back when its block ends."""
+    directory, model = bases["llama"]
+    reference = make_adapter(model, tmp_path / "a", seed=12)
+    lm = CausalLM.from_pretrained(directory)
+    with im.inference_mode():
+        lm.load_adapter(tmp_path / "a")
+    with im.inference_mode():  # the arena's memory used again, for something else
+        lm.forward(IDS[:, ::-1].copy())
+    np.testing.assert_allclose(lm.forward(IDS), logits_of(reference), atol=LOGITS_ATOL, rtol=0)
+
+
 def test_generation_applies_the_active_adapter(bases, tmp_path):
     """Every generated token is PEFT's argmax given the tokens before it (ties within the
     tolerance allowed), and the adapter changes what is generated."""
@@ -310,8 +324,6 @@ def test_adapter_bookkeeping_errors(bases, tmp_path):
 
 
 def test_pipeline_runs_the_merged_adapter(bases, tmp_path):
-    import infermode as im
-
     directory, model = bases["llama"]
     make_adapter(model, tmp_path / "adapter", seed=31)
     config = im.InferenceConfig(str(directory), adapter=tmp_path / "adapter", max_new_tokens=6,
