@@ -1,5 +1,6 @@
 #include "models/transformer_stack.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -8,6 +9,7 @@
 #include "kernels/add.h"
 #include "kernels/attention.h"
 #include "kernels/group_attention.h"
+#include "kernels/matmul.h"
 #include "kernels/relu.h"
 #include "kernels/rms_norm.h"
 #include "kernels/rope.h"
@@ -60,6 +62,14 @@ void xpos_scales(int64_t head_dim, double base, int64_t first_pos, int64_t token
   }
 }
 
+// Whether every sequence is the only one of its group: group attention then reduces to o(v(x)).
+bool all_alone(const Tensor& group) {
+  const int64_t* ids = group.data<int64_t>();
+  std::vector<int64_t> sorted(ids, ids + group.size(0));
+  std::sort(sorted.begin(), sorted.end());
+  return std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end();
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string, Shape>> stack_tensor_names(const StackConfig& c) {
@@ -86,6 +96,22 @@ std::vector<std::pair<std::string, Shape>> stack_tensor_names(const StackConfig&
   }
   if (c.final_norm) names.push_back({"final_norm.weight", {c.hidden}});
   return names;
+}
+
+TransformerStack::Dense TransformerStack::o_after_v(const Dense& v, const Dense& o) {
+  // o(v(x)) = (W_o W_v) x + (W_o b_v + b_o). Float32 products, as the two projections are: the
+  // fused result differs from the two-step one by rounding only.
+  const Tensor& wv = v.weight.dense;  // (inner, hidden): as a [k, n] matrix for W_o @ W_v
+  const Tensor& wo = o.weight.dense;  // (hidden, inner)
+  Dense fused{Linear::borrow(Tensor::owned({wo.size(0), wv.size(1)}, DType::f32)), Tensor()};
+  matmul(wo, wv, fused.weight.dense);
+  if (v.bias.defined()) {
+    fused.bias = Tensor::owned({wo.size(0)}, DType::f32);
+    Tensor row = fused.bias.view({1, wo.size(0)});
+    matmul(v.bias.view({1, wv.size(0)}), wo.transpose(0, 1), row);
+    add(o.bias, row);
+  }
+  return fused;
 }
 
 TransformerStack::TransformerStack(const StackConfig& config,
@@ -127,7 +153,10 @@ TransformerStack::TransformerStack(const StackConfig& config,
                        part("v"), part("o")};
     };
     if (b.time_attention) w.time = attention("norm1", "attention");
-    if (b.group_attention) w.group = attention("group_norm", "group_attention");
+    if (b.group_attention) {
+      w.group = attention("group_norm", "group_attention");
+      w.group_ov = o_after_v(w.group.v, w.group.o);
+    }
     w.norm2 = tensor(i, "norm2.weight");
     if (b.mlp == StackMlp::swiglu) w.gate = dense(i, "mlp.gate", b.mlp_bias);
     w.up = dense(i, "mlp.up", b.mlp_bias);
@@ -192,6 +221,7 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
   IM_CHECK(!grouped || group.defined(), "transformer stack: blocks with group attention need "
            "each sequence's group");
   if (rows == 0) return;
+  const bool alone = grouped && all_alone(group);
   // Every activation below comes from this thread's arena and goes back when the pass ends.
   InferenceMode guard;
   const int64_t inner = c.heads * c.head_dim, half = c.head_dim / 2;
@@ -278,7 +308,10 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
       dense(attn2, w.time.o, proj);
       add(proj, x2, threads);
     }
-    if (b.group_attention) {
+    if (b.group_attention && alone) {
+      rms_norm(x2, w.group.norm, c.norm_eps, h, threads);
+      add_singleton_group_attention(w, h, key_bias, proj, x2, threads);
+    } else if (b.group_attention) {
       rms_norm(x2, w.group.norm, c.norm_eps, h, threads);
       dense(h, w.group.q, q2);
       dense(h, w.group.k, k);
@@ -299,6 +332,25 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
     add(proj, x2, threads);
   }
   if (c.final_norm) rms_norm(x2, final_norm_, c.norm_eps, x2, threads);
+}
+
+void TransformerStack::add_singleton_group_attention(const Block& w, const Tensor& h,
+                                                     const Tensor& key_bias, Tensor& proj,
+                                                     Tensor& x2, int threads) const {
+  linear(h, w.group_ov.weight, proj, threads);
+  if (w.group_ov.bias.defined()) add(w.group_ov.bias, proj, threads);
+  if (key_bias.defined()) {
+    // A token whose own key is hidden sees no key: its attention is zero, o(0) = b_o.
+    const float* bias = key_bias.data<float>();
+    const int64_t hidden = config_.hidden;
+    const float* b_o = w.group.o.bias.defined() ? w.group.o.bias.data<float>() : nullptr;
+    for (int64_t r = 0; r < proj.size(0); ++r) {
+      if (bias[r] > -INFINITY) continue;
+      float* row = proj.data<float>() + r * hidden;
+      for (int64_t i = 0; i < hidden; ++i) row[i] = b_o ? b_o[i] : 0.0f;
+    }
+  }
+  add(proj, x2, threads);
 }
 
 }  // namespace infermode

@@ -98,10 +98,19 @@ class TransformerStack {
   };
   struct Block {
     Attention time, group;  // each used when its block config asks for it
+    // Group attention when every group has one member: softmax over a single key is 1, so the
+    // attention is o(v(x)), and o after v is one matrix (o.weight @ v.weight, made at load).
+    Dense group_ov;
     Tensor norm2;
     Dense gate, up, down;
     std::vector<float> inv_freq;  // (head_dim / 2), for RoPE
   };
+
+  static Dense o_after_v(const Dense& v, const Dense& o);
+  // x += group attention of block w (h: its normed input), for sequences that are each their own
+  // group.
+  void add_singleton_group_attention(const Block& w, const Tensor& h, const Tensor& key_bias,
+                                     Tensor& proj, Tensor& x2, int threads) const;
 
   StackConfig config_;
   std::vector<Block> blocks_;

@@ -184,6 +184,30 @@ TEST(TransformerStack, GroupsAttendWithinThemselvesOnly) {
   EXPECT_GT(differ, 1e-2);
 }
 
+// A sequence alone in its group takes the fused o-after-v path; the same sequence beside a
+// second member whose keys are all hidden attends only to itself through the general kernel.
+TEST(TransformerStack, ASequenceAloneInItsGroupMatchesTheGeneralKernel) {
+  StackConfig config = grouped_config();
+  for (StackBlockConfig& b : config.blocks) b.attention_bias = true;  // fused bias too
+  StackFixture f(config);
+  TransformerStack stack(f.config, f.tensors);
+  const int64_t tokens = 5, row = tokens * 24;
+  auto input = random_floats(2 * row, 43);
+  std::vector<float> bias(2 * tokens, 0.0f);
+  bias[0] = -INFINITY;  // sequence 0's first token is padding: it sees no key at all
+  for (int64_t t = 0; t < tokens; ++t) bias[tokens + t] = -INFINITY;  // sequence 1: all hidden
+  const auto general = run_grouped(stack, input, 2, tokens, {4, 4}, &bias);
+  std::vector<float> first(input.begin(), input.begin() + row);
+  std::vector<float> first_bias(bias.begin(), bias.begin() + tokens);
+  const auto fused = run_grouped(stack, first, 1, tokens, {9}, &first_bias);
+  for (int64_t i = 0; i < row; ++i)
+    ASSERT_NEAR(fused[i], general[i], 2e-5f * (1.0f + std::fabs(general[i]))) << "at " << i;
+  // And the fused path is not the identity: sequences alone still differ from their input.
+  double moved = 0.0;
+  for (int64_t i = 24; i < row; ++i) moved += std::fabs(fused[i] - first[i]);
+  EXPECT_GT(moved, 1e-2);
+}
+
 TEST(TransformerStack, PaddedKeysChangeNothingElsewhere) {
   StackFixture f(grouped_config());
   TransformerStack stack(f.config, f.tensors);

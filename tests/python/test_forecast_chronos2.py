@@ -65,6 +65,34 @@ def test_a_3d_array_is_a_batch_of_multivariate_tasks_and_cross_learning_mixes_th
     assert max(float((m - a).abs().max()) for m, a in zip(mixed, alone)) > 1e-3
 
 
+def test_univariate_series_of_different_lengths_each_alone_in_its_group(pipeline):
+    """Each series is its own group (the fused output-after-value path); the shorter ones are
+    left-padded, so some of their tokens see no key at all."""
+    series = [torch.from_numpy(seasonal_series(1, n, seed=n)[0]) for n in (120, 45, 77)]
+    wrapper = Chronos2Wrapper(pipeline)
+    _close(wrapper.predict(series, prediction_length=32),
+           pipeline.predict(series, prediction_length=32))
+
+
+def test_the_wrapper_follows_parameters_changed_in_place(pipeline):
+    x = torch.from_numpy(seasonal_series(2, 64, seed=8)[:, None])
+    wrapper = Chronos2Wrapper(pipeline)
+    before = wrapper.predict(x, prediction_length=16)
+    group = pipeline.model.encoder.block[0].layer[1].self_attention
+    kept = [p.detach().clone() for p in (group.v.weight, group.o.weight)]
+    try:
+        with torch.no_grad():  # as an optimizer step would: in place, versions bumped
+            group.v.weight.mul_(3.0)
+            group.o.weight.add_(0.05)
+        after = wrapper.predict(x, prediction_length=16)
+        _close(after, pipeline.predict(x, prediction_length=16))
+        assert max(float((a - b).abs().max()) for a, b in zip(after, before)) > 1e-3
+    finally:
+        with torch.no_grad():
+            group.v.weight.copy_(kept[0])
+            group.o.weight.copy_(kept[1])
+
+
 def test_a_horizon_past_the_models_own_unrolls_as_upstream(pipeline):
     # max_output_patches 4 * 16 = 64 steps; 80 makes upstream feed its own quantiles back.
     x = torch.from_numpy(seasonal_series(2, 90, seed=5)[:, None])

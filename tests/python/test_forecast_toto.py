@@ -62,6 +62,34 @@ def test_seeded_samples_are_upstreams_paths(model, use_kv_cache):
     assert float((got.samples[..., 0] - got.samples[..., 1]).abs().max()) > 1e-3
 
 
+def test_single_variate_series_each_alone_in_the_space_wise_layers(model):
+    # One variate per series: the space-wise layers take the fused output-after-value path,
+    # with Toto's biases.
+    inputs = masked_timeseries(seasonal_series(3, 45, seed=6).reshape(3, 1, 45))
+    got = TotoWrapper(model).forecast(inputs, prediction_length=20)
+    _close(got.mean, TotoForecaster(model.model).forecast(inputs, prediction_length=20).mean)
+
+
+def test_the_wrapper_follows_parameters_changed_in_place(model):
+    inputs = masked_timeseries(seasonal_series(2, 45, seed=7).reshape(2, 1, 45))
+    wrapper = TotoWrapper(model)
+    before = wrapper.forecast(inputs, prediction_length=16).mean
+    layers = model.model.transformer.layers
+    changed = [layers[0].attention.wQKV.weight, layers[-1].attention.wO.bias]
+    kept = [p.detach().clone() for p in changed]
+    try:
+        with torch.no_grad():  # as an optimizer step would: in place, versions bumped
+            changed[0].mul_(1.5)
+            changed[1].add_(0.1)
+        after = wrapper.forecast(inputs, prediction_length=16).mean
+        _close(after, TotoForecaster(model.model).forecast(inputs, prediction_length=16).mean)
+        assert float((after - before).abs().max()) > 1e-3
+    finally:
+        with torch.no_grad():
+            for p, k in zip(changed, kept):
+                p.copy_(k)
+
+
 def test_an_unbatched_series_and_exogenous_variables(model):
     series = seasonal_series(3, 40, seed=2)
     inputs = masked_timeseries(series)._replace(num_exogenous_variables=1)

@@ -1,15 +1,20 @@
 """The native transformer stack over an upstream PyTorch model's own parameters.
 
 The upstream module keeps its weights; the stack borrows them as NumPy views (no copy), so a
-wrapper costs no memory beside the model it wraps.
+wrapper costs no memory beside the model it wraps. What the stack does derive from them (Toto's
+re-laid q/k/v, the fused output-after-value matrices of group attention) is made again when a
+parameter changes in place or is replaced, so a wrapper follows the model it wraps.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+import logging
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from infermode._ext import _core
+
+log = logging.getLogger("infermode.forecast")
 
 
 def _borrowed(tensor: Any, name: str) -> np.ndarray:
@@ -37,20 +42,40 @@ def block_config(*, causal: bool, scaled: bool = True, attention_bias: bool = Fa
 class NativeStack:
     """A ``_core.TransformerStack`` built from named upstream parameters.
 
-    ``tensors`` maps the stack's names (``blocks.{i}.attention.q.weight``, ...; see
-    ``_core.TransformerStack.tensor_names``) to the upstream ``torch`` parameters.
+    ``tensors`` returns a mapping from the stack's names (``blocks.{i}.attention.q.weight``, ...;
+    see ``_core.TransformerStack.tensor_names``) to ``torch`` tensors: the upstream parameters or
+    views of them. ``parameters`` are the upstream parameters those come from: when one of them
+    changes (an in-place update bumps its version; a replaced ``.data`` moves it), the stack is
+    built again from ``tensors()`` before the next call.
     """
 
     def __init__(self, *, hidden: int, heads: int, intermediate: int, norm_eps: float,
-                 blocks: Sequence[Dict[str, Any]], tensors: Mapping[str, Any],
-                 final_norm: bool = False, threads: Optional[int] = None,
-                 head_dim: Optional[int] = None):
+                 blocks: Sequence[Dict[str, Any]], tensors: Callable[[], Mapping[str, Any]],
+                 parameters: Iterable[Any], final_norm: bool = False,
+                 threads: Optional[int] = None, head_dim: Optional[int] = None):
         self.config = {"hidden": hidden, "heads": heads, "head_dim": head_dim or hidden // heads,
                        "intermediate": intermediate, "norm_eps": float(norm_eps),
                        "final_norm": final_norm, "blocks": list(blocks)}
-        arrays = {name: _borrowed(t, name) for name, t in tensors.items()}
-        self._stack = _core.TransformerStack(self.config, arrays)
+        self._tensors = tensors
+        self._parameters = tuple(parameters)
         self.threads = threads or 0
+        self._build()
+
+    def _stamp(self) -> tuple:
+        return tuple((p._version, p.data_ptr()) for p in self._parameters)
+
+    def _build(self) -> None:
+        arrays = {name: _borrowed(t, name) for name, t in self._tensors().items()}
+        self._stack = _core.TransformerStack(self.config, arrays)
+        self._built = self._stamp()
+
+    @property
+    def stack(self) -> Any:
+        """The core stack, built again first if the upstream parameters changed since."""
+        if self._stamp() != self._built:
+            log.info("upstream parameters changed since the native stack was built: rebuilding")
+            self._build()
+        return self._stack
 
     def __call__(self, x: np.ndarray, cache: Any = None, *, key_bias: Optional[np.ndarray] = None,
                  group: Optional[np.ndarray] = None) -> np.ndarray:
@@ -64,8 +89,8 @@ class NativeStack:
             key_bias = np.ascontiguousarray(key_bias, dtype=np.float32)
         if group is not None:
             group = np.ascontiguousarray(group, dtype=np.int64)
-        return self._stack.forward(np.ascontiguousarray(x, dtype=np.float32), cache,
+        return self.stack.forward(np.ascontiguousarray(x, dtype=np.float32), cache,
                                    threads=self.threads, key_bias=key_bias, group=group)
 
     def new_cache(self, sequences: int, capacity: int) -> Any:
-        return self._stack.new_cache(sequences, capacity)
+        return self.stack.new_cache(sequences, capacity)

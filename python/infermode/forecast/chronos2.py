@@ -60,7 +60,8 @@ def _native_encoder(model: Any, threads: Optional[int]) -> Any:
         intermediate=config.d_ff, norm_eps=config.layer_norm_epsilon,
         blocks=[block_config(causal=False, scaled=False, rope_theta=config.rope_theta,
                              group_attention=True, mlp="relu")] * blocks,
-        tensors=_encoder_tensors(model.encoder), final_norm=True, threads=threads)
+        tensors=lambda: _encoder_tensors(model.encoder), parameters=model.encoder.parameters(),
+        final_norm=True, threads=threads)
     upstream = eval_view(model.encoder)
 
     class NativeEncoder(torch.nn.Module):

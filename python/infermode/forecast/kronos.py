@@ -46,14 +46,22 @@ def _native_stack(blocks: Sequence[Any], final_norm: Any = None,
     if len(blocks) == 0:
         return None
     first = blocks[0]
-    tensors = _block_tensors(blocks)
+
+    def tensors() -> dict:
+        named = _block_tensors(blocks)
+        if final_norm is not None:
+            named["final_norm.weight"] = final_norm.weight
+        return named
+
+    parameters = [p for block in blocks for p in block.parameters()]
     if final_norm is not None:
-        tensors["final_norm.weight"] = final_norm.weight
+        parameters += list(final_norm.parameters())
     return NativeStack(
         hidden=first.self_attn.d_model, heads=first.self_attn.n_heads,
         intermediate=first.ffn.w1.out_features, norm_eps=first.norm1.eps,
         blocks=[block_config(causal=True, attention_bias=True)] * len(blocks),
-        tensors=tensors, final_norm=final_norm is not None, threads=threads)
+        tensors=tensors, parameters=parameters, final_norm=final_norm is not None,
+        threads=threads)
 
 
 class KronosWrapper:

@@ -106,7 +106,8 @@ def _native_stack(backbone: Any, threads: Optional[int]) -> NativeStack:
                                        group_attention=True))
     return NativeStack(hidden=first.embed_dim, heads=heads, intermediate=first.mlp_hidden_dim,
                        norm_eps=first.norm1.eps, blocks=blocks,
-                       tensors=_stack_tensors(transformer.layers, heads), threads=threads)
+                       tensors=lambda: _stack_tensors(transformer.layers, heads),
+                       parameters=transformer.layers.parameters(), threads=threads)
 
 
 class _NativeCache:
