@@ -27,6 +27,15 @@ struct MatmulF32Kernel {
   void (*run)(const float* a, const float* b, float* c, const GemmShape& s, float* work, int ith,
               int nth);
   size_t (*workspace_floats)(const GemmShape& s, int nth);
+  // Optional (null where the ISA has no blocked GEMM): B packed once, ahead, into the panels the
+  // blocked GEMM would pack on every call (kernels/matmul_packed.h). pack: thread ith of nth packs
+  // its share of a B stored [n, k] (s.b_nk) into packed_floats(n, k) floats. run_packed computes
+  // C with that packing, or from b itself for the few-row products that stream B unpacked.
+  int64_t (*packed_floats)(int64_t n, int64_t k) = nullptr;
+  void (*pack)(const float* b, const GemmShape& s, float* packed, int ith, int nth) = nullptr;
+  void (*run_packed)(const float* a, const float* b, const float* packed, float* c,
+                     const GemmShape& s, float* work, int ith, int nth) = nullptr;
+  size_t (*packed_workspace_floats)(const GemmShape& s, int nth) = nullptr;
 };
 // Attention of one sequence (see attention.h); q_stride is q's row stride in floats.
 // Causal: token t sees keys [0, first_pos + t]. Bidirectional (causal false): every token sees

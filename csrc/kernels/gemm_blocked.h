@@ -133,16 +133,18 @@ struct BlockedGemm {
     return size_t(d * nc_max(s) + int64_t(nth) * MC * d + 64);
   }
 
+  // Few rows: every thread takes all of them and a share of B's panels, so no thread is left
+  // with a ragged remainder (37 rows on 2 threads would split 24 : 13). Many: threads split rows.
+  static bool split_rows(const GemmShape& s, int nth) { return (s.m + MR - 1) / MR >= 4 * nth; }
+
   template <typename W>
   static void run(const float* a, const W* b, float* c, const GemmShape& s, float* work, int ith,
                   int nth) {
     const int64_t dmax = depth(kc_max(s));
     Elem* bpack = reinterpret_cast<Elem*>(work);
     Elem* apack = bpack + dmax * nc_max(s) + int64_t(ith) * MC * dmax;
-    // Enough rows for every thread to own whole micro-panels: split rows, share all of B.
-    // Otherwise (few rows), every thread packs all of A and takes a share of B's panels.
-    const bool split_rows = (s.m + MR - 1) / MR >= 2 * nth;
-    const Range rows = split_rows ? split_range(s.m, ith, nth, MR) : Range{0, s.m};
+    const bool by_rows = split_rows(s, nth);
+    const Range rows = by_rows ? split_range(s.m, ith, nth, MR) : Range{0, s.m};
 
     for (int64_t jc = 0; jc < s.n; jc += NC) {
       const int64_t nc = std::min(NC, s.n - jc);
@@ -155,21 +157,80 @@ struct BlockedGemm {
           Micro::pack_b(b, s, pc, kc, jc + q * NR, int(std::min<int64_t>(NR, nc - q * NR)),
                         bpack + q * NR * d);
         barrier();
-        const Range cols = split_rows ? Range{0, panels} : mine;
-        for (int64_t ic = rows.begin; ic < rows.end; ic += MC) {
-          const int64_t mc = std::min(MC, rows.end - ic);
-          Micro::pack_a(a, s.lda, ic, mc, pc, kc, apack);
-          for (int64_t q = cols.begin; q < cols.end; ++q) {
-            const int nr = int(std::min<int64_t>(NR, nc - q * NR));
-            const Elem* bp = bpack + q * NR * d;
-            for (int64_t ir = 0; ir < mc; ir += MR) {
-              const int mr = int(std::min<int64_t>(MR, mc - ir));
-              Micro::tile(d, apack + ir * d, bp, c + (ic + ir) * s.ldc + jc + q * NR, s.ldc,
-                          mr, nr, pc > 0);
-            }
-          }
-        }
+        multiply_slice(a, s, apack, bpack, d, rows, by_rows ? Range{0, panels} : mine, jc, nc,
+                       pc, kc, c);
         barrier();  // nobody may repack B while another thread still reads it
+      }
+    }
+  }
+
+  // B packed ahead, once, in the order run() packs it (pack_whole): the same products with no
+  // packing of B and no barriers. Float32 packings only (one k per element).
+  static int64_t packed_floats(int64_t n, int64_t k) { return (n + NR - 1) / NR * NR * k; }
+
+  // Where the panels of column block jc, slice pc start in the whole packing: every earlier
+  // column block holds NC columns (a multiple of NR) by all k rows; every earlier slice of this
+  // block holds `panels` panels by KC rows.
+  static int64_t packed_offset(const GemmShape& s, int64_t jc, int64_t pc, int64_t panels) {
+    return jc * s.k + pc * panels * NR;
+  }
+
+  // Thread ith of nth packs its share of B's panels into `out` (packed_floats(n, k) floats).
+  template <typename W>
+  static void pack_whole(const W* b, const GemmShape& s, Elem* out, int ith, int nth) {
+    static_assert(kDepth == 1, "packed ahead: float32 packings only");
+    for (int64_t jc = 0; jc < s.n; jc += NC) {
+      const int64_t nc = std::min(NC, s.n - jc);
+      const int64_t panels = (nc + NR - 1) / NR;
+      for (int64_t pc = 0; pc < s.k; pc += KC) {
+        const int64_t kc = std::min(KC, s.k - pc);
+        Elem* slice = out + packed_offset(s, jc, pc, panels);
+        const Range mine = split_range(panels, ith, nth);
+        for (int64_t q = mine.begin; q < mine.end; ++q)
+          Micro::pack_b(b, s, pc, kc, jc + q * NR, int(std::min<int64_t>(NR, nc - q * NR)),
+                        slice + q * NR * kc);
+      }
+    }
+  }
+
+  static size_t packed_workspace_floats(const GemmShape& s, int nth) {
+    return size_t(int64_t(nth) * MC * kc_max(s) + 64);
+  }
+
+  static void run_packed(const float* a, const Elem* packed, float* c, const GemmShape& s,
+                         float* work, int ith, int nth) {
+    static_assert(kDepth == 1, "packed ahead: float32 packings only");
+    Elem* apack = reinterpret_cast<Elem*>(work) + int64_t(ith) * MC * kc_max(s);
+    const bool by_rows = split_rows(s, nth);
+    const Range rows = by_rows ? split_range(s.m, ith, nth, MR) : Range{0, s.m};
+    for (int64_t jc = 0; jc < s.n; jc += NC) {
+      const int64_t nc = std::min(NC, s.n - jc);
+      const int64_t panels = (nc + NR - 1) / NR;
+      const Range cols = by_rows ? Range{0, panels} : split_range(panels, ith, nth);
+      for (int64_t pc = 0; pc < s.k; pc += KC) {
+        const int64_t kc = std::min(KC, s.k - pc);
+        multiply_slice(a, s, apack, packed + packed_offset(s, jc, pc, panels), kc, rows, cols,
+                       jc, nc, pc, kc, c);
+      }
+    }
+  }
+
+ private:
+  // C[rows, panels `cols` of block jc] (+)= A[rows, pc:pc+kc] @ the packed panels of B.
+  static void multiply_slice(const float* a, const GemmShape& s, Elem* apack, const Elem* bpack,
+                             int64_t d, Range rows, Range cols, int64_t jc, int64_t nc,
+                             int64_t pc, int64_t kc, float* c) {
+    for (int64_t ic = rows.begin; ic < rows.end; ic += MC) {
+      const int64_t mc = std::min(MC, rows.end - ic);
+      Micro::pack_a(a, s.lda, ic, mc, pc, kc, apack);
+      for (int64_t q = cols.begin; q < cols.end; ++q) {
+        const int nr = int(std::min<int64_t>(NR, nc - q * NR));
+        const Elem* bp = bpack + q * NR * d;
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+          const int mr = int(std::min<int64_t>(MR, mc - ir));
+          Micro::tile(d, apack + ir * d, bp, c + (ic + ir) * s.ldc + jc + q * NR, s.ldc, mr, nr,
+                      pc > 0);
+        }
       }
     }
   }

@@ -9,7 +9,7 @@
 
 namespace infermode {
 
-void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
+GemmShape matmul_shape(const Tensor& a, const Tensor& b, const Tensor& out) {
   check_dtype("matmul", "a", a, DType::f32);
   IM_CHECK(b.defined(), "matmul: b is missing");
   IM_CHECK_TYPE(b.dtype() == DType::f32 || b.dtype() == DType::bf16,
@@ -53,14 +53,18 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
   IM_CHECK(!overlaps(out, a) && !overlaps(out, b),
            "matmul: out shares memory with {}; pass a separate output buffer",
            overlaps(out, a) ? "a" : "b");
+  return s;
+}
 
-  if (s.m == 0 || n == 0) return;
+void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
+  const GemmShape s = matmul_shape(a, b, out);
+  if (s.m == 0 || s.n == 0) return;
   float* c = static_cast<float*>(out.raw());
-  if (k == 0) {
+  if (s.k == 0) {
     std::memset(c, 0, out.nbytes());
     return;
   }
-  const double flops = 2.0 * double(s.m) * double(n) * double(k);
+  const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
   int nth = flops < 2e5 ? 1 : resolve_threads(threads);
   const float* ap = static_cast<const float*>(a.raw());
   if (b.dtype() == DType::bf16) {

@@ -1,5 +1,6 @@
 #pragma once
 #include "core/tensor.h"
+#include "kernels/dispatch.h"
 
 namespace infermode {
 
@@ -12,5 +13,9 @@ namespace infermode {
 // cache-blocked GEMM that packs panels of a and b into scratch memory (the thread's arena inside
 // the inference mode). threads = 0 uses the default count.
 void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads = 0);
+
+// The checks matmul(a, b, out) makes (ValueError/TypeError naming the argument) and the shape of
+// the product they describe.
+GemmShape matmul_shape(const Tensor& a, const Tensor& b, const Tensor& out);
 
 }  // namespace infermode

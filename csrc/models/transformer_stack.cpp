@@ -103,8 +103,9 @@ TransformerStack::Dense TransformerStack::o_after_v(const Dense& v, const Dense&
   // fused result differs from the two-step one by rounding only.
   const Tensor& wv = v.weight.dense;  // (inner, hidden): as a [k, n] matrix for W_o @ W_v
   const Tensor& wo = o.weight.dense;  // (hidden, inner)
-  Dense fused{Linear::borrow(Tensor::owned({wo.size(0), wv.size(1)}, DType::f32)), Tensor()};
-  matmul(wo, wv, fused.weight.dense);
+  Tensor product = Tensor::owned({wo.size(0), wv.size(1)}, DType::f32);
+  matmul(wo, wv, product);
+  Dense fused{Linear::borrow_packed(product), Tensor()};
   if (v.bias.defined()) {
     fused.bias = Tensor::owned({wo.size(0)}, DType::f32);
     Tensor row = fused.bias.view({1, wo.size(0)});
@@ -137,7 +138,9 @@ TransformerStack::TransformerStack(const StackConfig& config,
              name);
   auto tensor = [&](size_t i, const char* rest) { return tensors.at(block_name(i, rest)); };
   auto dense = [&](size_t i, const char* what, bool bias) {
-    Dense d{Linear::borrow(tensors.at(block_name(i, fmt::format("{}.weight", what).c_str()))),
+    // Packed once for the GEMM: the stack's products are prefill-shaped (whole windows).
+    Dense d{Linear::borrow_packed(
+                tensors.at(block_name(i, fmt::format("{}.weight", what).c_str()))),
             Tensor()};
     if (bias) d.bias = tensors.at(block_name(i, fmt::format("{}.bias", what).c_str()));
     return d;

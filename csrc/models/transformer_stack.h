@@ -7,7 +7,9 @@
 // over activations float32 [sequences, tokens, hidden], either attention optional. The upstream
 // model keeps its own
 // pre- and post-processing; only the blocks run here. Weights are float32, borrowed from the
-// caller (the upstream module's parameters), under generic names (stack_tensor_names).
+// caller (the upstream module's parameters), under generic names (stack_tensor_names), and each
+// matrix is packed once for this CPU's GEMM (kernels/matmul_packed.h): the stack holds a second
+// copy of the weights, which halves the time of a forward over a few dozen tokens.
 #include <cstdint>
 #include <map>
 #include <string>

@@ -12,6 +12,11 @@ void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t di
 void matmul_f32(const float* a, const float* b, float* c, const GemmShape& s, float* work,
                 int ith, int nth);
 size_t matmul_f32_workspace(const GemmShape& s, int nth);
+int64_t matmul_f32_packed_floats(int64_t n, int64_t k);
+void matmul_f32_pack(const float* b, const GemmShape& s, float* packed, int ith, int nth);
+void matmul_f32_packed(const float* a, const float* b, const float* packed, float* c,
+                       const GemmShape& s, float* work, int ith, int nth);
+size_t matmul_f32_packed_workspace(const GemmShape& s, int nth);
 void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s, float* work,
                  int ith, int nth);
 double sum_f32(const float* x, int64_t n);

@@ -182,4 +182,25 @@ size_t matmul_f32_workspace(const GemmShape& s, int nth) {
   return s.m <= skinny_rows(s) ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
 }
 
+int64_t matmul_f32_packed_floats(int64_t n, int64_t k) {
+  return BlockedGemm<Micro>::packed_floats(n, k);
+}
+
+void matmul_f32_pack(const float* b, const GemmShape& s, float* packed, int ith, int nth) {
+  BlockedGemm<Micro>::pack_whole(b, s, packed, ith, nth);
+}
+
+void matmul_f32_packed(const float* a, const float* b, const float* packed, float* c,
+                       const GemmShape& s, float* work, int ith, int nth) {
+  if (s.m <= skinny_rows(s)) {
+    skinny_run<Skinny>(a, b, c, s, ith, nth);
+    return;
+  }
+  BlockedGemm<Micro>::run_packed(a, packed, c, s, work, ith, nth);
+}
+
+size_t matmul_f32_packed_workspace(const GemmShape& s, int nth) {
+  return s.m <= skinny_rows(s) ? 0 : BlockedGemm<Micro>::packed_workspace_floats(s, nth);
+}
+
 }  // namespace infermode::avx2

@@ -23,20 +23,22 @@ __m512 load16(const uint16_t* p, __mmask16 m) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-// 12 x 32 tile: 24 zmm accumulators + 2 for B; A is broadcast from memory.
+// 12 x 32 tile: 24 zmm accumulators + 2 for B; A is broadcast from memory. A partial tile (the
+// last rows of a product) multiplies only its real rows: 37 rows cost 37 rows, not 48.
 struct Micro : F32Packing<12, 32> {
   static constexpr int MR = 12, NR = 32;
   static constexpr int64_t KC = 256, MC = 12 * MR, NC = 4096;
 
-  static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int mr,
-                   int nr, bool accumulate) {
-    __m512 c0[MR], c1[MR];
+  template <int R>
+  static void tile_rows(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc,
+                        int nr, bool accumulate) {
+    __m512 c0[R], c1[R];
 #pragma GCC unroll 12
-    for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
+    for (int i = 0; i < R; ++i) c0[i] = c1[i] = _mm512_setzero_ps();
     for (int64_t p = 0; p < kc; ++p) {
       const __m512 b0 = _mm512_loadu_ps(bp), b1 = _mm512_loadu_ps(bp + 16);
 #pragma GCC unroll 12
-      for (int i = 0; i < MR; ++i) {
+      for (int i = 0; i < R; ++i) {
         const __m512 av = _mm512_set1_ps(ap[i]);
         c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
         c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
@@ -44,7 +46,19 @@ struct Micro : F32Packing<12, 32> {
       ap += MR;
       bp += NR;
     }
-    store_tile<MR>(c0, c1, c, ldc, mr, nr, accumulate);
+    store_tile<R>(c0, c1, c, ldc, R, nr, accumulate);
+  }
+
+  template <int R = MR>
+  static void tile(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int mr,
+                   int nr, bool accumulate) {
+    if constexpr (R > 1) {
+      if (mr < R) {
+        tile<R - 1>(kc, ap, bp, c, ldc, mr, nr, accumulate);
+        return;
+      }
+    }
+    tile_rows<R>(kc, ap, bp, c, ldc, nr, accumulate);
   }
 };
 
@@ -189,6 +203,27 @@ size_t matmul_bf16_dot_workspace(const GemmShape& s, int nth) {
 
 size_t matmul_f32_workspace(const GemmShape& s, int nth) {
   return s.m <= skinny_rows(s) ? 0 : BlockedGemm<Micro>::workspace_floats(s, nth);
+}
+
+int64_t matmul_f32_packed_floats(int64_t n, int64_t k) {
+  return BlockedGemm<Micro>::packed_floats(n, k);
+}
+
+void matmul_f32_pack(const float* b, const GemmShape& s, float* packed, int ith, int nth) {
+  BlockedGemm<Micro>::pack_whole(b, s, packed, ith, nth);
+}
+
+void matmul_f32_packed(const float* a, const float* b, const float* packed, float* c,
+                       const GemmShape& s, float* work, int ith, int nth) {
+  if (s.m <= skinny_rows(s)) {
+    skinny_run<Skinny>(a, b, c, s, ith, nth);
+    return;
+  }
+  BlockedGemm<Micro>::run_packed(a, packed, c, s, work, ith, nth);
+}
+
+size_t matmul_f32_packed_workspace(const GemmShape& s, int nth) {
+  return s.m <= skinny_rows(s) ? 0 : BlockedGemm<Micro>::packed_workspace_floats(s, nth);
 }
 
 }  // namespace infermode::avx512

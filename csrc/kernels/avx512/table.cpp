@@ -5,7 +5,9 @@ namespace infermode::avx512 {
 
 void fill_table(KernelTable& t) {
   t.rms_norm = {&rms_norm, Isa::avx512};
-  t.matmul_f32 = {{&matmul_f32, &matmul_f32_workspace}, Isa::avx512};
+  t.matmul_f32 = {{&matmul_f32, &matmul_f32_workspace, &matmul_f32_packed_floats,
+                   &matmul_f32_pack, &matmul_f32_packed, &matmul_f32_packed_workspace},
+                  Isa::avx512};
   // Same tiles and workspace: bfloat16 B is widened while it is packed or streamed.
   t.matmul_bf16 = {{&matmul_bf16, &matmul_f32_workspace}, Isa::avx512};
   // AVX512-BF16 doubles the multiply rate on AMD (Zen 4/5); on Intel vdpbf16ps runs at half the

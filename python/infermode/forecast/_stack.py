@@ -1,9 +1,11 @@
 """The native transformer stack over an upstream PyTorch model's own parameters.
 
-The upstream module keeps its weights; the stack borrows them as NumPy views (no copy), so a
-wrapper costs no memory beside the model it wraps. What the stack does derive from them (Toto's
-re-laid q/k/v, the fused output-after-value matrices of group attention) is made again when a
-parameter changes in place or is replaced, so a wrapper follows the model it wraps.
+The upstream module keeps its weights; the stack borrows them as NumPy views and packs each
+matrix once into the panels its GEMM reads, a copy the size of the transformer's weights (the
+price of not re-packing them on every call, which cost as much as the multiplications at a
+batch of one). What the stack derives from the parameters (the packing, Toto's re-laid q/k/v,
+the fused output-after-value matrices of group attention) is made again when a parameter
+changes in place or is replaced, so a wrapper follows the model it wraps.
 """
 from __future__ import annotations
 

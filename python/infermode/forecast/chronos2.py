@@ -6,7 +6,7 @@ DataFrames), and all of that stays upstream's. The encoder (per block: time atte
 series, group attention across the series of one task at every time step, a ReLU MLP) is nearly
 all of the work; it runs natively. The wrapper's pipeline holds a shallow copy of the user's
 model, sharing its parameters, whose encoder is the native stack: the user's model is never
-changed and no weight is copied.
+changed (the native stack packs its own copy of the encoder's matrices; see forecast._stack).
 """
 from __future__ import annotations
 
