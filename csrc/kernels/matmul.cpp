@@ -56,6 +56,11 @@ GemmShape matmul_shape(const Tensor& a, const Tensor& b, const Tensor& out) {
   return s;
 }
 
+int matmul_threads(const GemmShape& s, int threads) {
+  const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
+  return flops < 2e5 ? 1 : resolve_threads(threads);
+}
+
 void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
   const GemmShape s = matmul_shape(a, b, out);
   if (s.m == 0 || s.n == 0) return;
@@ -64,8 +69,7 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads) {
     std::memset(c, 0, out.nbytes());
     return;
   }
-  const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
-  int nth = flops < 2e5 ? 1 : resolve_threads(threads);
+  const int nth = matmul_threads(s, threads);
   const float* ap = static_cast<const float*>(a.raw());
   if (b.dtype() == DType::bf16) {
     const MatmulBf16Kernel& kernel = kernels().matmul_bf16.fn;

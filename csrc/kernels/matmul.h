@@ -18,4 +18,8 @@ void matmul(const Tensor& a, const Tensor& b, Tensor& out, int threads = 0);
 // the product they describe.
 GemmShape matmul_shape(const Tensor& a, const Tensor& b, const Tensor& out);
 
+// The threads a product of shape s runs on: one below ~2e5 flops, where starting a parallel
+// region costs more than it saves; otherwise `threads` (0: the default).
+int matmul_threads(const GemmShape& s, int threads);
+
 }  // namespace infermode

@@ -49,8 +49,7 @@ void matmul(const Tensor& a, const PackedF32Matrix& w, Tensor& out, int threads)
     matmul(a, w.weight().transpose(0, 1), out, threads);
     return;
   }
-  const double flops = 2.0 * double(s.m) * double(s.n) * double(s.k);
-  const int nth = flops < 2e5 ? 1 : resolve_threads(threads);
+  const int nth = matmul_threads(s, threads);
   const MatmulF32Kernel& kernel = entry.fn;
   Scratch work(kernel.packed_workspace_floats(s, nth) * sizeof(float));
   const float* ap = static_cast<const float*>(a.raw());
