@@ -69,6 +69,7 @@ int resolve_threads(int threads) {
   IM_CHECK(threads <= kMaxThreads, "threads={} is more than the {} threads infermode runs at "
            "most", threads, kMaxThreads);
   int n = threads > 0 ? threads : default_threads();
+  if (Team* team = current_team()) return std::min(n, team->size());
   return omp_in_parallel() ? 1 : n;
 }
 
@@ -82,6 +83,7 @@ Range split_range(int64_t n, int ith, int nth, int64_t align) {
 }
 
 void barrier() {
+  if (team_barrier()) return;
 #pragma omp barrier
 }
 

@@ -1,9 +1,12 @@
 #pragma once
-// Thread control. The pool is OpenMP's: its threads persist between parallel regions, and with
-// OMP_WAIT_POLICY unset libgomp spins briefly at barriers before sleeping, which is what a chain
-// of small ops wants. Work is split inside one region per op (later: per forward pass), and
-// kernels receive (ith, nth) instead of opening regions of their own.
+// Thread control. The pool is OpenMP's: its threads persist between parallel regions. An op
+// splits its work with parallel_run, and kernels receive (ith, nth) instead of opening regions of
+// their own. A forward pass runs its ops inside with_team (core/team.h): one region for the pass,
+// and each parallel_run hands its work to the team's waiting threads instead of opening one.
 #include <cstdint>
+#include <type_traits>
+
+#include "core/team.h"
 
 namespace infermode {
 
@@ -29,17 +32,24 @@ struct Range {
 };
 Range split_range(int64_t n, int ith, int nth, int64_t align = 1);
 
-// Inside parallel_run: every thread of the team waits here until all arrive.
+// Inside parallel_run's fn: every thread running it waits here until all arrive.
 void barrier();
 int thread_index();
 int team_size();
 
-// Runs fn(ith, nth) on nth threads (the calling thread is one of them). Nested calls run inline
-// with nth = 1.
+// Runs fn(ith, nth) on nth threads (the calling thread is one of them): on the calling thread's
+// team if it has one (nth at most the team's size), else in a parallel region of its own. Nested
+// calls run inline with nth = 1.
 template <typename Fn>
 void parallel_run(int nth, Fn&& fn) {
   if (nth <= 1) {
     fn(0, 1);
+    return;
+  }
+  if (Team* team = current_team()) {
+    using F = std::remove_reference_t<Fn>;
+    team->run(TeamJob{[](void* f, int ith, int n) { (*static_cast<F*>(f))(ith, n); },
+                      const_cast<void*>(static_cast<const void*>(&fn)), nth});
     return;
   }
 #pragma omp parallel num_threads(nth)

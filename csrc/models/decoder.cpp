@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/inference_mode.h"
+#include "core/thread_pool.h"
 #include "kernels/add.h"
 #include "kernels/attention.h"
 #include "kernels/embedding.h"
@@ -211,6 +212,16 @@ void Decoder::forward(const int32_t* ids, const std::vector<Segment>& segments, 
   }
   for (int64_t r : logit_rows)
     IM_CHECK(0 <= r && r < rows, "forward: logit row {} is outside [0, {})", r, rows);
+  // One parallel region for the pass: the ops below hand their shares to its waiting threads.
+  with_team(resolve_threads(threads), [&] {
+    run_pass(ids, segments, rows, cache, logit_rows, logits, sink, threads, lora);
+  });
+}
+
+void Decoder::run_pass(const int32_t* ids, const std::vector<Segment>& segments, int64_t rows,
+                       KvCache& cache, const std::vector<int64_t>& logit_rows, float* logits,
+                       HiddenStateSink* sink, int threads, const LoraAdapter* lora) const {
+  const DecoderConfig& c = config_;
   // Every activation below comes from this thread's arena and goes back when the pass ends.
   InferenceMode guard;
   const int64_t hidden = c.hidden_size, q_dim = c.heads * c.head_dim;

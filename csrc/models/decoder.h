@@ -77,6 +77,11 @@ class Decoder {
                int threads, const LoraAdapter* lora = nullptr) const;
 
  private:
+  // forward's work, once its arguments are checked (rows: the segments' tokens).
+  void run_pass(const int32_t* ids, const std::vector<Segment>& segments, int64_t rows,
+                KvCache& cache, const std::vector<int64_t>& logit_rows, float* logits,
+                HiddenStateSink* sink, int threads, const LoraAdapter* lora) const;
+
   DecoderConfig config_;
   DecoderWeights weights_;
   std::vector<float> inv_freq_;  // (head_dim / 2)

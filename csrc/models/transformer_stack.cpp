@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/inference_mode.h"
+#include "core/thread_pool.h"
 #include "kernels/add.h"
 #include "kernels/attention.h"
 #include "kernels/group_attention.h"
@@ -225,6 +226,17 @@ void TransformerStack::forward(Tensor& x, int64_t first_pos, KvCache* cache, int
            "each sequence's group");
   if (rows == 0) return;
   const bool alone = grouped && all_alone(group);
+  // One parallel region for the pass: the ops below hand their shares to its waiting threads.
+  with_team(resolve_threads(threads), [&] {
+    run_pass(x, first_pos, cache, threads, key_bias, group, should_stop, alone);
+  });
+}
+
+void TransformerStack::run_pass(Tensor& x, int64_t first_pos, KvCache* cache, int threads,
+                                const Tensor& key_bias, const Tensor& group,
+                                const StopCheck& should_stop, bool alone) const {
+  const StackConfig& c = config_;
+  const int64_t sequences = x.size(0), tokens = x.size(1), rows = sequences * tokens;
   // Every activation below comes from this thread's arena and goes back when the pass ends.
   InferenceMode guard;
   const int64_t inner = c.heads * c.head_dim, half = c.head_dim / 2;

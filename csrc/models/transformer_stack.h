@@ -90,6 +90,11 @@ class TransformerStack {
   KvCache make_cache(int64_t sequences, int64_t capacity) const;
 
  private:
+  // forward's work, once its arguments are checked (alone: every group has one member).
+  void run_pass(Tensor& x, int64_t first_pos, KvCache* cache, int threads,
+                const Tensor& key_bias, const Tensor& group, const StopCheck& should_stop,
+                bool alone) const;
+
   struct Dense {
     Linear weight;  // (out, in)
     Tensor bias;    // (out) or undefined
