@@ -11,7 +11,7 @@
 namespace infermode {
 
 struct QuantizedRows {
-  int8_t* q = nullptr;      // rows x cols codes; a kernel may store them biased (+128, uint8)
+  int8_t* q = nullptr;      // rows x cols codes
   float* d = nullptr;       // rows x blocks: the scale, rounded to float16 and widened
   float* s = nullptr;       // rows x blocks: d * sum(q), rounded to float16 and widened
   int32_t* sum = nullptr;   // rows x blocks: sum(q)

@@ -79,7 +79,19 @@ void tile(const QuantTile& p, int64_t g, int64_t t0) {
   __m256 acc[T][2];
   for (int t = 0; t < T; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
 
+  // The next group usually comes next: pull its bytes into L2 while this one is summed, so DRAM
+  // always has requests in flight. A prefetch past the matrix is harmless.
+  constexpr int kVectors = F == QuantFormat::q8_0 ? 8 : 4;
+  const char* next = reinterpret_cast<const char*>(wq) + w.group_bytes();
+  const char* next_scales = reinterpret_cast<const char*>(wd) + w.group_bytes();
+  const char* next_offsets = reinterpret_cast<const char*>(wm) + w.group_bytes();
   for (int64_t b = 0; b < nb; ++b) {
+    for (int j = 0; j < kVectors; ++j) _mm_prefetch(next + (b * kVectors + j) * 64, _MM_HINT_T1);
+    if (b % 2 == 0) {  // a cache line holds two blocks' scales (and offsets)
+      _mm_prefetch(next_scales + b * kPackRows * 2, _MM_HINT_T1);
+      if constexpr (F == QuantFormat::q4_1)
+        _mm_prefetch(next_offsets + b * kPackRows * 2, _MM_HINT_T1);
+    }
     __m256i isum[T][2];
     for (int t = 0; t < T; ++t) isum[t][0] = isum[t][1] = _mm256_setzero_si256();
     if constexpr (F == QuantFormat::q8_0) {

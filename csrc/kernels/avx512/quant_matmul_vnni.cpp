@@ -2,8 +2,10 @@
 // adds each group of four products into a 32-bit lane, so one instruction feeds sixteen output
 // rows (the packed layout's lanes) with four values each.
 //   Q4_0/Q4_1: the weight nibbles are the unsigned operand, the activation codes the signed one.
-//   Q8_0: both are signed, so the activations are stored biased by +128 (unsigned) and
-//   128 * sum(w) is taken off again; sum(w) comes from the same instruction with ones.
+//   Q8_0: both are signed, so each weight vector is flipped to w + 128 (unsigned: one xor of the
+//   sign bits) as it is loaded, and 128 * sum(a) is taken off once per block, as Q4_0 takes off
+//   8 * sum(a). (Biasing the activations instead needs sum(w) per row: a second vpdpbusd for
+//   every weight vector.)
 #include <immintrin.h>
 
 #include <algorithm>
@@ -25,9 +27,8 @@ inline __m512 widen_f16(const uint16_t* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-// Codes as ref::quantize_row makes them (same operations, same rounding), biased for Q8_0.
-void quantize_row(const float* x, const QuantizedRows& out, int64_t row, bool biased) {
-  const __m128i bias = _mm_set1_epi8(char(0x80));
+// Codes as ref::quantize_row makes them (same operations, same rounding).
+void quantize_row(const float* x, const QuantizedRows& out, int64_t row) {
   for (int64_t b = 0; b < out.blocks; ++b) {
     const __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
     const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
@@ -35,11 +36,7 @@ void quantize_row(const float* x, const QuantizedRows& out, int64_t row, bool bi
     const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, _mm512_set1_ps(id)));
     const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, _mm512_set1_ps(id)));
     const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    __m128i b0 = _mm512_cvtsepi32_epi8(q0), b1 = _mm512_cvtsepi32_epi8(q1);
-    if (biased) {
-      b0 = _mm_xor_si128(b0, bias);
-      b1 = _mm_xor_si128(b1, bias);
-    }
+    const __m128i b0 = _mm512_cvtsepi32_epi8(q0), b1 = _mm512_cvtsepi32_epi8(q1);
     int8_t* q = out.q + row * out.cols + b * 32;
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q), b0);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), b1);
@@ -54,7 +51,7 @@ void tile(const QuantTile& p, int64_t g0, int64_t t0) {
   const QuantizedRows& x = p.x;
   const int64_t nb = w.blocks();
   constexpr int kVectors = F == QuantFormat::q8_0 ? 8 : 4;
-  const __m512i nibble = _mm512_set1_epi8(0x0f), ones = _mm512_set1_epi8(1);
+  const __m512i nibble = _mm512_set1_epi8(0x0f), sign = _mm512_set1_epi8(char(0x80));
   const uint8_t* wq[G];
   const uint16_t* wd[G];
   const uint16_t* wm[G];
@@ -69,22 +66,30 @@ void tile(const QuantTile& p, int64_t g0, int64_t t0) {
   for (int t = 0; t < T; ++t)
     for (int g = 0; g < G; ++g) acc[t][g] = _mm512_setzero_ps();
 
+  // The G groups after these usually come next: pull their bytes into L2 while these are
+  // summed, so DRAM always has requests in flight (the hardware prefetcher alone stops at page
+  // ends and follows few streams). A prefetch past the matrix is harmless.
+  const int64_t ahead = int64_t(w.group_bytes()) * G;
   for (int64_t b = 0; b < nb; ++b) {
-    __m512i isum[T][G], wsum[G];
     for (int g = 0; g < G; ++g) {
-      wsum[g] = _mm512_setzero_si512();
-      for (int t = 0; t < T; ++t) isum[t][g] = _mm512_setzero_si512();
+      const char* next = reinterpret_cast<const char*>(wq[g]) + ahead + b * kVectors * 64;
+      for (int j = 0; j < kVectors; ++j) _mm_prefetch(next + 64 * j, _MM_HINT_T1);
+      if (b % 2 == 1) continue;  // a cache line holds two blocks' scales (and offsets)
+      _mm_prefetch(reinterpret_cast<const char*>(wd[g] + b * kPackRows) + ahead, _MM_HINT_T1);
+      if constexpr (F == QuantFormat::q4_1)
+        _mm_prefetch(reinterpret_cast<const char*>(wm[g] + b * kPackRows) + ahead, _MM_HINT_T1);
     }
+    __m512i isum[T][G];
+    for (int g = 0; g < G; ++g)
+      for (int t = 0; t < T; ++t) isum[t][g] = _mm512_setzero_si512();
     for (int j = 0; j < kVectors; ++j) {
       if constexpr (F == QuantFormat::q8_0) {
         __m512i wv[G];
-        for (int g = 0; g < G; ++g) {
-          wv[g] = _mm512_load_si512(wq[g] + (b * 8 + j) * 64);
-          wsum[g] = _mm512_dpbusd_epi32(wsum[g], ones, wv[g]);
-        }
+        for (int g = 0; g < G; ++g)
+          wv[g] = _mm512_xor_si512(_mm512_load_si512(wq[g] + (b * 8 + j) * 64), sign);
         for (int t = 0; t < T; ++t) {
           const __m512i xb = broadcast4(xq[t] + b * 32 + 4 * j);
-          for (int g = 0; g < G; ++g) isum[t][g] = _mm512_dpbusd_epi32(isum[t][g], xb, wv[g]);
+          for (int g = 0; g < G; ++g) isum[t][g] = _mm512_dpbusd_epi32(isum[t][g], wv[g], xb);
         }
       } else {
         __m512i lo[G], hi[G];
@@ -105,11 +110,11 @@ void tile(const QuantTile& p, int64_t g0, int64_t t0) {
     }
     for (int g = 0; g < G; ++g) {
       const __m512 dw = widen_f16(wd[g] + b * kPackRows);
-      const __m512i bias = _mm512_slli_epi32(wsum[g], 7);
       for (int t = 0; t < T; ++t) {
         const int64_t k = (t0 + t) * x.blocks + b;
         __m512i s = isum[t][g];
-        if constexpr (F == QuantFormat::q8_0) s = _mm512_sub_epi32(s, bias);
+        if constexpr (F == QuantFormat::q8_0)
+          s = _mm512_sub_epi32(s, _mm512_set1_epi32(128 * x.sum[k]));
         if constexpr (F == QuantFormat::q4_0) s = _mm512_sub_epi32(s, _mm512_set1_epi32(8 * x.sum[k]));
         const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.d[k]));
         acc[t][g] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(s), acc[t][g]);
@@ -139,8 +144,8 @@ void tile_g(const QuantTile& p, int64_t g0, int64_t t0, int64_t groups) {
 struct Avx512Vnni {
   static constexpr int64_t kRows = 4;
   static int64_t group_step(int64_t m) { return m == 1 ? 4 : 2; }  // decode: 4 groups per load
-  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat f) {
-    avx512::quantize_row(x, out, row, f == QuantFormat::q8_0);
+  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat) {
+    avx512::quantize_row(x, out, row);
   }
   template <QuantFormat F>
   static void tiles(const QuantTile& p, int64_t g0, int64_t t0, int64_t rows, int64_t groups) {
