@@ -44,9 +44,8 @@ AttentionShape check_shapes(const char* op, const Tensor& q, const Tensor& k, co
 void run(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
          int threads) {
   if (s.tokens == 0) return;
-  const int64_t pairs = s.tokens * s.kv_heads;
   int nth = resolve_threads(threads);
-  if (nth > pairs) nth = int(pairs);
+  if (nth > s.tokens * s.heads) nth = int(s.tokens * s.heads);
   Scratch scores(size_t(nth) * size_t(s.heads / s.kv_heads) * size_t(s.context()) *
                  sizeof(float));
   auto kernel = kernels().attention.fn;

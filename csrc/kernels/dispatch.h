@@ -49,6 +49,12 @@ struct AttentionShape {
   const float* key_bias = nullptr;
   int64_t context() const { return causal ? first_pos + tokens : keys; }
   int64_t visible(int64_t t) const { return causal ? first_pos + t + 1 : keys; }
+  // The query heads one share of the work takes, for one token: a kv head's whole group (its
+  // keys and values read once for them all), unless the (token, kv head) pairs are too few to
+  // keep nth threads even (decoding one token of a model with 2 or 3 kv heads): then one head.
+  int64_t heads_per_share(int nth) const {
+    return tokens * kv_heads >= 4 * int64_t(nth) ? heads / kv_heads : 1;
+  }
 };
 
 // The same with B in bfloat16 (a weight stored at half the bytes); A and C stay float32 and the
@@ -74,7 +80,7 @@ using SumF32Kernel = double (*)(const float* x, int64_t n);
 // Rotates tokens rows of x in place (see rope.h); cos/sin: one row of head_dim / 2 per token.
 using RopeKernel = void (*)(float* x, const float* cos, const float* sin, int64_t tokens,
                             int64_t heads, int64_t head_dim, int64_t row_stride);
-// Thread ith of nth computes its share of the (token, kv head) pairs; `scores` holds
+// Thread ith of nth computes its shares (AttentionShape::heads_per_share); `scores` holds
 // nth * (heads / kv_heads) * (first_pos + tokens) floats.
 using AttentionKernel = void (*)(const float* q, const float* k, const float* v, float* out,
                                  const AttentionShape& s, float* scores, int ith, int nth);

@@ -31,15 +31,16 @@ void attention(const float* q, const float* k, const float* v, float* out,
   const int64_t context = s.context();
   const int64_t hd = s.head_dim;
   float* mine = scores + int64_t(ith) * group * context;
-  const Range pairs = split_range(s.tokens * s.kv_heads, ith, nth);
-  for (int64_t pair = pairs.begin; pair < pairs.end; ++pair) {
-    const int64_t t = pair / s.kv_heads, g = pair % s.kv_heads;
+  const int64_t per = s.heads_per_share(nth);
+  const Range shares = split_range(s.tokens * s.heads / per, ith, nth);
+  for (int64_t share = shares.begin; share < shares.end; ++share) {
+    const int64_t t = share * per / s.heads, h0 = share * per % s.heads, g = h0 / group;
     const int64_t n = s.visible(t);
     const float* kg = k + g * s.capacity * hd;
     const float* vg = v + g * s.capacity * hd;
-    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+    for (int64_t h = h0; h < h0 + per; ++h) {
       const float* qh = q + t * s.q_stride + h * hd;
-      float* sc = mine + (h - g * group) * context;
+      float* sc = mine + (h - h0) * context;
       __m512 peak = _mm512_set1_ps(-INFINITY);
       for (int64_t j = 0; j < n; ++j)
         sc[j] = dot(qh, kg + j * hd, hd) * s.scale + (s.key_bias ? s.key_bias[j] : 0.0f);

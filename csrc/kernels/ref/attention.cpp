@@ -6,22 +6,23 @@
 
 namespace infermode::ref {
 
-// One (token, kv head) pair at a time: the heads of the group read that kv head's keys and
-// values; scores in float32 as the reference implementations compute them, sums in double.
+// One share (see heads_per_share) at a time: the heads of a kv head's group read its keys and
+// values together; scores in float32 as the reference implementations compute them, sums in double.
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth) {
   const int64_t group = s.heads / s.kv_heads;
   const int64_t context = s.context();
   float* mine = scores + int64_t(ith) * group * context;
-  const Range pairs = split_range(s.tokens * s.kv_heads, ith, nth);
-  for (int64_t pair = pairs.begin; pair < pairs.end; ++pair) {
-    const int64_t t = pair / s.kv_heads, g = pair % s.kv_heads;
+  const int64_t per = s.heads_per_share(nth);
+  const Range shares = split_range(s.tokens * s.heads / per, ith, nth);
+  for (int64_t share = shares.begin; share < shares.end; ++share) {
+    const int64_t t = share * per / s.heads, h0 = share * per % s.heads, g = h0 / group;
     const int64_t n = s.visible(t);
     const float* kg = k + g * s.capacity * s.head_dim;
     const float* vg = v + g * s.capacity * s.head_dim;
-    for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+    for (int64_t h = h0; h < h0 + per; ++h) {
       const float* qh = q + t * s.q_stride + h * s.head_dim;
-      float* sc = mine + (h - g * group) * context;
+      float* sc = mine + (h - h0) * context;
       float peak = -INFINITY;
       for (int64_t j = 0; j < n; ++j) {
         double dot = 0.0;
