@@ -8,7 +8,7 @@
 namespace infermode {
 namespace {
 
-// ~50-130 us of `pause` (its latency is 60-140 cycles depending on the core), then sched_yield
+// ~40-120 us of `pause` (its latency is 60-140 cycles depending on the core), then sched_yield
 // between polls.
 constexpr int kSpinPauses = 2048;
 
