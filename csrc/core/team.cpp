@@ -39,9 +39,13 @@ Team* current_team() { return t_job_team ? nullptr : t_team; }
 bool in_team_job() { return t_job_team != nullptr; }
 
 bool team_barrier() {
-  if (!t_job_team) return false;
-  t_job_team->barrier(t_job_nth);
-  return true;
+  if (t_job_team) {
+    t_job_team->barrier(t_job_nth);
+    return true;
+  }
+  // The body's thread outside a job is alone in its work (a one-thread kernel meeting nobody):
+  // OpenMP's barrier there would wait for the team's threads, which wait for a job.
+  return t_team != nullptr;
 }
 
 void Team::open(int size) { size_ = std::max(1, size); }

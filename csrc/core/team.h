@@ -56,7 +56,8 @@ class Team {
 // inside a job's share (where parallel_run runs inline).
 Team* current_team();
 bool in_team_job();
-// The barrier of the job the calling thread runs a share of (false: not in a job).
+// barrier() for a thread of a team: the barrier of the job it runs a share of, nothing for the
+// body's thread outside a job (a one-thread kernel); false when the thread has no team.
 bool team_barrier();
 
 namespace detail {

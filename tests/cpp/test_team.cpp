@@ -78,6 +78,21 @@ TEST(Team, EveryShareRunsOnceOnItsOwnThread) {
   });
 }
 
+TEST(Team, AOneThreadKernelMeetingAtABarrierDoesNotWaitForTheTeam) {
+  // parallel_run(1, fn) runs fn on the body's thread; a kernel's barrier() there has nobody to
+  // meet (it hung: OpenMP's barrier waited for the team's threads, which waited for a job).
+  int phases = 0;
+  with_team(2, [&] {
+    parallel_run(1, [&](int, int) {
+      ++phases;
+      barrier();
+      ++phases;
+    });
+    barrier();
+  });
+  EXPECT_EQ(phases, 2);
+}
+
 TEST(Team, AnErrorInTheBodyComesOutAndTheTeamEnds) {
   EXPECT_THROW(with_team(2, [&] {
                  parallel_run(2, [](int, int) {});
