@@ -36,7 +36,6 @@ void spin_until(Ready ready) {
 }  // namespace
 
 Team* current_team() { return t_job_team ? nullptr : t_team; }
-bool in_team_job() { return t_job_team != nullptr; }
 
 bool team_barrier() {
   if (t_job_team) {
@@ -114,7 +113,7 @@ void Team::barrier(int nth) {
 namespace detail {
 
 void run_team(int nth, void (*body)(void*), void* ctx) {
-  if (nth <= 1 || t_team || t_job_team || omp_in_parallel()) {
+  if (nth <= 1 || omp_in_parallel()) {  // a team's threads are inside its region
     body(ctx);
     return;
   }

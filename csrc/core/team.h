@@ -52,10 +52,9 @@ class Team {
   int size_ = 1;
 };
 
-// The team the calling thread runs the body of, if any; and whether the calling thread is
-// inside a job's share (where parallel_run runs inline).
+// The team the calling thread runs the body of, if any; null inside a job's share (where
+// parallel_run runs inline).
 Team* current_team();
-bool in_team_job();
 // barrier() for a thread of a team: the barrier of the job it runs a share of, nothing for the
 // body's thread outside a job (a one-thread kernel); false when the thread has no team.
 bool team_barrier();

@@ -3,7 +3,7 @@
 // quantizes its share of A's rows, the team meets, then each thread walks its share of W's row
 // groups in chunks that stay in L2 while every row of A passes them, tile by tile. An ISA
 // supplies the codes and the tiles as a policy:
-//   static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat)
+//   static void quantize_row(const float* x, const QuantizedRows& out, int64_t row)
 //   template <QuantFormat F> static void tiles(const QuantTile& p, int64_t g0, int64_t t0,
 //                                              int64_t rows_of_a, int64_t groups)
 //     computes min(rows_of_a, kRows) rows of A against `groups` (<= group_step) row groups;
@@ -33,7 +33,7 @@ void run_quant(const float* a, const PackedMatrix& w, float* c, const QuantGemmS
                void* work, int ith, int nth) {
   const QuantizedRows x = quantized_rows(work, s.m, w.cols());
   const Range mine = split_range(s.m, ith, nth);
-  for (int64_t i = mine.begin; i < mine.end; ++i) Isa::quantize_row(a + i * s.lda, x, i, F);
+  for (int64_t i = mine.begin; i < mine.end; ++i) Isa::quantize_row(a + i * s.lda, x, i);
   if (nth > 1) barrier();
   const QuantTile p{w, x, c, s.ldc};
   const Range groups = split_range(w.groups(), ith, nth);

@@ -158,7 +158,7 @@ void tile(const QuantTile& p, int64_t g, int64_t t0) {
 struct Avx2 {
   static constexpr int64_t kRows = 2;
   static int64_t group_step(int64_t) { return 1; }
-  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat) {
+  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row) {
     avx2::quantize_row(x, out, row);  // Q8_0 takes signed codes too (vpsignb, not a bias)
   }
   template <QuantFormat F>

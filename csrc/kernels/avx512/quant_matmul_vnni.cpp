@@ -144,7 +144,7 @@ void tile_g(const QuantTile& p, int64_t g0, int64_t t0, int64_t groups) {
 struct Avx512Vnni {
   static constexpr int64_t kRows = 4;
   static int64_t group_step(int64_t m) { return m == 1 ? 4 : 2; }  // decode: 4 groups per load
-  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row, QuantFormat) {
+  static void quantize_row(const float* x, const QuantizedRows& out, int64_t row) {
     avx512::quantize_row(x, out, row);
   }
   template <QuantFormat F>
