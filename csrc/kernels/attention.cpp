@@ -46,8 +46,7 @@ void run(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape
   if (s.tokens == 0) return;
   int nth = resolve_threads(threads);
   if (nth > s.tokens * s.heads) nth = int(s.tokens * s.heads);
-  Scratch scores(size_t(nth) * size_t(s.heads / s.kv_heads) * size_t(s.context()) *
-                 sizeof(float));
+  Scratch scores(size_t(nth) * size_t(s.scratch_floats()) * sizeof(float));
   auto kernel = kernels().attention.fn;
   const float* qp = static_cast<const float*>(q.raw());
   const float* kp = static_cast<const float*>(k.raw());

@@ -1,6 +1,7 @@
 #pragma once
 // One table of function pointers per kernel family, filled once from cpuid. Ops call through
 // kernels(); tests and benchmarks can ask for the table of any ISA the host supports.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -55,6 +56,13 @@ struct AttentionShape {
   int64_t heads_per_share(int nth) const {
     return tokens * kv_heads >= 4 * int64_t(nth) ? heads / kv_heads : 1;
   }
+  // The floats of the kernel's scratch each thread owns: a kv group's scores, or the transposed
+  // keys and a block of score rows of the many-token kernel (avx512/attention_blocked.cpp).
+  int64_t scratch_floats() const {
+    const int64_t padded = (context() + 31) / 32 * 32;
+    const int64_t most = std::max(heads / kv_heads * context(), (head_dim + 8) * padded);
+    return (most + 15) / 16 * 16;
+  }
 };
 
 // The same with B in bfloat16 (a weight stored at half the bytes); A and C stay float32 and the
@@ -80,8 +88,8 @@ using SumF32Kernel = double (*)(const float* x, int64_t n);
 // Rotates tokens rows of x in place (see rope.h); cos/sin: one row of head_dim / 2 per token.
 using RopeKernel = void (*)(float* x, const float* cos, const float* sin, int64_t tokens,
                             int64_t heads, int64_t head_dim, int64_t row_stride);
-// Thread ith of nth computes its shares (AttentionShape::heads_per_share); `scores` holds
-// nth * (heads / kv_heads) * (first_pos + tokens) floats.
+// Thread ith of nth computes its shares (AttentionShape::heads_per_share, or blocks of tokens);
+// `scores` holds nth * AttentionShape::scratch_floats() floats, 64-byte aligned.
 using AttentionKernel = void (*)(const float* q, const float* k, const float* v, float* out,
                                  const AttentionShape& s, float* scores, int ith, int nth);
 // y[i] = silu(g[i]) * u[i] over [0, n).

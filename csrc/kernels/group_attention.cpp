@@ -15,6 +15,22 @@ namespace {
 
 constexpr const char* kOp = "group_attention";
 
+// The attention kernel's shape for the n members of one group at one time step, gathered.
+AttentionShape members_shape(int64_t n, int64_t heads, int64_t dim, float scale) {
+  AttentionShape s{};
+  s.tokens = n;
+  s.first_pos = 0;
+  s.heads = heads;
+  s.kv_heads = heads;
+  s.head_dim = dim;
+  s.capacity = n;
+  s.q_stride = heads * dim;
+  s.scale = scale;
+  s.causal = false;
+  s.keys = n;
+  return s;
+}
+
 // The members of each group, in sequence order; groups ordered by their first member.
 std::vector<std::vector<int64_t>> members_of(const Tensor& group) {
   const int64_t* ids = group.data<int64_t>();
@@ -64,8 +80,9 @@ void group_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const int64_t items = tokens * int64_t(groups.size());
   int nth = resolve_threads(threads);
   if (nth > items) nth = int(items);
-  // Per thread: one group's q, k, v and out gathered, its key biases and the kernel's scores.
-  const size_t per_thread = 4 * largest * size_t(row) + 2 * largest;
+  // Per thread: one group's q, k, v and out gathered, its key biases and the kernel's scratch.
+  const size_t per_thread = 4 * largest * size_t(row) + largest +
+      size_t(members_shape(int64_t(largest), heads, dim, scale).scratch_floats());
   Scratch scratch(size_t(nth) * per_thread * sizeof(float));
   auto kernel = kernels().attention.fn;
   const float* qp = q.data<float>();
@@ -94,17 +111,7 @@ void group_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
         }
         if (bias) gb[j] = bias[members[j] * tokens + t];
       }
-      AttentionShape s{};
-      s.tokens = n;
-      s.first_pos = 0;
-      s.heads = heads;
-      s.kv_heads = heads;
-      s.head_dim = dim;
-      s.capacity = n;
-      s.q_stride = row;
-      s.scale = scale;
-      s.causal = false;
-      s.keys = n;
+      AttentionShape s = members_shape(n, heads, dim, scale);
       s.key_bias = bias ? gb : nullptr;
       kernel(gq, gk, gv, go, s, scores, 0, 1);
       for (int64_t j = 0; j < n; ++j)

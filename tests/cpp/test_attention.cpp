@@ -44,6 +44,9 @@ TEST_P(AttentionIsa, MatchesRefOnPrefillAndDecodeShapes) {
   const AttnCase cases[] = {
       {1, 0, 4, 4, 16},  {1, 37, 6, 2, 48}, {5, 0, 6, 2, 48},   {7, 11, 8, 2, 64},
       {3, 20, 2, 1, 80}, {1, 100, 14, 2, 64}, {9, 3, 4, 1, 128}, {2, 5, 3, 3, 17},
+      // Prompts: blocks of tokens and score rows with tails, head_dim past one 64-float pass.
+      {40, 0, 8, 8, 64}, {37, 13, 14, 2, 64}, {24, 5, 3, 3, 17}, {33, 0, 4, 1, 128},
+      {19, 70, 6, 2, 80},
   };
   for (const AttnCase& c : cases) {
     const int64_t capacity = c.first_pos + c.tokens + 3;
@@ -94,7 +97,8 @@ std::vector<float> run_bidirectional(Isa isa, const AttnCase& c, int64_t keys,
 }
 
 TEST_P(AttentionIsa, BidirectionalMatchesRefWithAndWithoutKeyBias) {
-  const AttnCase cases[] = {{1, 0, 4, 4, 16}, {7, 0, 6, 2, 48}, {12, 0, 3, 3, 17}};
+  const AttnCase cases[] = {{1, 0, 4, 4, 16}, {7, 0, 6, 2, 48}, {12, 0, 3, 3, 17},
+                            {37, 0, 4, 2, 64}, {20, 0, 2, 1, 100}};
   for (const AttnCase& c : cases) {
     for (int64_t keys : {int64_t(1), c.tokens, c.tokens + 9}) {
       const int64_t capacity = keys + 2;

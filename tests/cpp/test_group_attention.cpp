@@ -54,8 +54,9 @@ class GroupAttentionIsa : public ::testing::TestWithParam<Isa> {};
 
 TEST_P(GroupAttentionIsa, MatchesTheDefinitionForScatteredGroupsAndMaskedKeys) {
   const int64_t tokens = 5, heads = 3, dim = 20;
-  // Members not adjacent, a singleton group, and ids that are not 0..n-1.
-  const std::vector<int64_t> group = {5, 2, 5, 5, 9, 2, -1};
+  // Members not adjacent, a singleton group, ids that are not 0..n-1, and a group of eleven
+  // (enough members for the attention kernels' many-token path).
+  const std::vector<int64_t> group = {5, 2, 5, 5, 9, 2, -1, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4};
   const int64_t sequences = int64_t(group.size()), n = sequences * tokens * heads * dim;
   auto q = random_floats(n, 21, 1.5f), k = random_floats(n, 22, 1.5f), v = random_floats(n, 23);
   std::vector<float> bias(sequences * tokens);

@@ -25,12 +25,15 @@ float dot(const float* a, const float* b, int64_t n) {
 
 // As ref::attention, vectorised: scores are dot products over head_dim, the softmax runs sixteen
 // scores at a time with exp16, and the output accumulates probability-weighted value rows.
+// Eight or more query tokens go to the blocked kernel, which reads each key and value row once
+// for several query rows.
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth) {
+  if (s.tokens >= 8) return attention_blocked(q, k, v, out, s, scores, ith, nth);
   const int64_t group = s.heads / s.kv_heads;
   const int64_t context = s.context();
   const int64_t hd = s.head_dim;
-  float* mine = scores + int64_t(ith) * group * context;
+  float* mine = scores + int64_t(ith) * s.scratch_floats();
   const int64_t per = s.heads_per_share(nth);
   const Range shares = split_range(s.tokens * s.heads / per, ith, nth);
   for (int64_t share = shares.begin; share < shares.end; ++share) {

@@ -33,6 +33,9 @@ void matmul_quant_vnni(const float* a, const PackedMatrix& w, float* c, const Qu
                        void* work, int ith, int nth);
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);
+// In attention_blocked.cpp: the same for many query tokens (attention() hands them over).
+void attention_blocked(const float* q, const float* k, const float* v, float* out,
+                       const AttentionShape& s, float* scratch, int ith, int nth);
 void swiglu(const float* g, const float* u, float* y, int64_t n);
 
 }  // namespace infermode::avx512

@@ -12,7 +12,7 @@ void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth) {
   const int64_t group = s.heads / s.kv_heads;
   const int64_t context = s.context();
-  float* mine = scores + int64_t(ith) * group * context;
+  float* mine = scores + int64_t(ith) * s.scratch_floats();
   const int64_t per = s.heads_per_share(nth);
   const Range shares = split_range(s.tokens * s.heads / per, ith, nth);
   for (int64_t share = shares.begin; share < shares.end; ++share) {
