@@ -23,9 +23,11 @@ float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-// As ref::attention, vectorised eight lanes wide (see avx512/attention.cpp).
+// As ref::attention, vectorised eight lanes wide (see avx512/attention.cpp); eight or more query
+// tokens go to the blocked kernel.
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth) {
+  if (s.tokens >= 8) return attention_blocked(q, k, v, out, s, scores, ith, nth);
   const int64_t group = s.heads / s.kv_heads;
   const int64_t context = s.context();
   const int64_t hd = s.head_dim;

@@ -22,6 +22,9 @@ void matmul_bf16(const float* a, const uint16_t* b, float* c, const GemmShape& s
 double sum_f32(const float* x, int64_t n);
 void attention(const float* q, const float* k, const float* v, float* out,
                const AttentionShape& s, float* scores, int ith, int nth);
+// In attention_blocked.cpp: the same for many query tokens (attention() hands them over).
+void attention_blocked(const float* q, const float* k, const float* v, float* out,
+                       const AttentionShape& s, float* scratch, int ith, int nth);
 void swiglu(const float* g, const float* u, float* y, int64_t n);
 
 void matmul_quant(const float* a, const PackedMatrix& w, float* c, const QuantGemmShape& s,
