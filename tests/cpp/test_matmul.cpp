@@ -99,6 +99,9 @@ TEST_P(MatmulIsa, Bfloat16WeightsAllPaths) {
     check_case<uint16_t>(GetParam(), {50, 600, 70, nk, 1}, 3);
     check_case<uint16_t>(GetParam(), {37, 1025, 99, nk, 0}, 2);  // odd k, three K slices
     check_case<uint16_t>(GetParam(), {20, 9, 4133, nk, 0}, 2);   // two NC panels
+    // Even row strides: a [n, k] weight's pairs are whole 32-bit words, packed by transposes.
+    check_case<uint16_t>(GetParam(), {40, 258, 100, nk, 2}, 2);
+    check_case<uint16_t>(GetParam(), {33, 1040, 70, nk, 0}, 3);
   }
 }
 

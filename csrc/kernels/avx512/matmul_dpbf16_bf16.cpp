@@ -16,6 +16,18 @@ namespace {
 
 uint32_t pair(uint16_t lo, uint16_t hi) { return uint32_t(lo) | (uint32_t(hi) << 16); }
 
+// float_to_bf16 on sixteen floats (round to nearest even, NaN kept quiet), packed in order.
+__m256i round_to_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+      _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+  const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+}
+
 // Packed element: two consecutive k values of one row (A) or column (B) as bfloat16, low half
 // first: vdpbf16ps multiplies such pairs and adds both products into a float32 lane.
 struct PairPacking {
@@ -29,12 +41,21 @@ struct PairPacking {
     for (int64_t ir = 0; ir < mc; ir += MR) {
       const int mr = int(std::min<int64_t>(MR, mc - ir));
       for (int i = 0; i < MR; ++i) {
+        if (i >= mr) {
+          for (int64_t d = 0; d < depth; ++d) ap[d * MR + i] = 0;
+          continue;
+        }
         const float* src = a + (i0 + ir + i) * lda + p0;
-        for (int64_t d = 0; d < depth; ++d) {
-          if (i >= mr) {
-            ap[d * MR + i] = 0;
-            continue;
-          }
+        int64_t d = 0;
+        for (; 2 * d + 32 <= kc; d += 16) {  // 32 values: 16 pairs, rounded as float_to_bf16
+          const __m256i lo = round_to_bf16(_mm512_loadu_ps(src + 2 * d));
+          const __m256i hi = round_to_bf16(_mm512_loadu_ps(src + 2 * d + 16));
+          alignas(64) uint32_t pairs[16];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(pairs), lo);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(pairs + 8), hi);
+          for (int e = 0; e < 16; ++e) ap[(d + e) * MR + i] = pairs[e];
+        }
+        for (; d < depth; ++d) {
           const uint16_t lo = float_to_bf16(src[2 * d]);
           const uint16_t hi = 2 * d + 1 < kc ? float_to_bf16(src[2 * d + 1]) : 0;
           ap[d * MR + i] = pair(lo, hi);
@@ -49,11 +70,22 @@ struct PairPacking {
                      uint32_t* bp) {
     static_assert(sizeof(W) == 2, "the bfloat16 GEMM packs bfloat16 weights only");
     const int64_t depth = (kc + 1) / 2;
+    // A [n, k] weight holds each pair as one 32-bit word (k0 is even): packing is a transpose
+    // of 32-bit words, eight by eight through registers; the ragged edges go one by one below.
+    int64_t done = 0;  // pairs moved by the block transpose, for rows [0, nr - nr % 8)
+    const int full_rows = nr - nr % 8;
+    if (s.b_nk && s.ldb % 2 == 0 && p0 % 2 == 0) {
+      done = kc / 2 - kc / 2 % 8;
+      for (int j = 0; j < full_rows; j += 8)
+        for (int64_t d = 0; d < done; d += 8)
+          transpose8x8(reinterpret_cast<const float*>(b + (j0 + j) * s.ldb + p0) + d, s.ldb / 2,
+                       reinterpret_cast<float*>(bp + d * NR + j), NR);
+    }
     for (int64_t d = 0; d < depth; ++d) {
       const int64_t k0 = p0 + 2 * d;
       const bool has_hi = 2 * d + 1 < kc;
       uint32_t* dst = bp + d * NR;
-      for (int j = 0; j < NR; ++j) {
+      for (int j = d < done ? full_rows : 0; j < NR; ++j) {
         if (j >= nr) {
           dst[j] = 0;
           continue;
