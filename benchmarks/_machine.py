@@ -15,6 +15,9 @@ import torch
 
 import infermode as im
 
+#: benchmarks/results beside these scripts, whichever folder they are run from
+RESULTS = Path(__file__).resolve().parent / "results"
+
 
 def machine_info(threads: int, **extra: Any) -> Dict[str, Any]:
     """The CPU, the kernels infermode chose, the threads and library versions, the load average
@@ -36,7 +39,7 @@ def write_report(out: Path, stem: str, benchmark: str, machine: Dict[str, Any],
     """Writes <out>/<stem>.json: the benchmark's name, the date, the command that ran it, the
     machine, then the caller's `fields`; returns its path.
 
-        write_report(Path("benchmarks/results"), "decode-quick", "decode", machine, argv,
+        write_report(RESULTS, "decode-quick", "decode", machine, argv,
                      settings={...}, results=[...])
     """
     command = [Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])
@@ -55,7 +58,7 @@ def add_report_arguments(parser: argparse.ArgumentParser, quick_help: str,
     ``--out`` (the folder for the JSON and the PNG) and, with ``models``, ``--models`` (where the
     random checkpoints a benchmark builds are cached), as the benchmarks here take them."""
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+    parser.add_argument("--out", type=Path, default=RESULTS,
                         help="folder for the JSON and the PNG (default %(default)s)")
     if models:
         parser.add_argument("--models", type=Path, default=None,

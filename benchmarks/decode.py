@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 import infermode as im
-from _machine import machine_info
+from _machine import RESULTS, machine_info
 
 GIB = 1024**3
 CAPTURE = ["blocks.5.resid_post", "blocks.11.resid_post", "blocks.23.resid_post"]
@@ -593,7 +593,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="tokens generated per decode run (default 32; 8 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a 4-layer model with an 8192 vocabulary, fewer tokens")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+    parser.add_argument("--out", type=Path, default=RESULTS,
                         help="folder for the JSON and the PNG (default %(default)s)")
     parser.add_argument("--models", type=Path, default=None,
                         help="where the random checkpoints are cached (default <out>/models)")

@@ -53,7 +53,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 import infermode as im
-from _machine import machine_info, write_report
+from _machine import RESULTS, machine_info, write_report
 from decode import ReadProbe
 from infermode.checkpoints.gguf import bundled_model_path
 
@@ -555,7 +555,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=None,
                         help="tokens generated per decode run (default 128; 32 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats and tokens")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+    parser.add_argument("--out", type=Path, default=RESULTS,
                         help="folder for the JSON and the PNG (default %(default)s)")
     parser.add_argument("--model-dir", type=Path, default=None,
                         help="where the random Qwen-shaped files are cached (default <out>/models)")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import infermode as im
-from _machine import machine_info, write_report
+from _machine import RESULTS, machine_info, write_report
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 NEW_TOKENS = 64
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     repeats = 2 if args.quick else args.repeats
     adapter = make_adapter(args.out / "models" / f"smollm2-lora-r{args.rank}", args.rank)

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import infermode as im
-from _machine import machine_info
+from _machine import RESULTS, machine_info
 from infermode import _core
 
 GIB = 1024**3
@@ -450,7 +450,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per engine and shape (default 7; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: smaller shapes")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
+    parser.add_argument("--out", type=Path, default=RESULTS,
                         help="folder for the JSON and the PNG (default %(default)s)")
     parser.add_argument("--run-time", type=float, default=None,
                         help="seconds of back-to-back calls per run (default 0.2; 0.03 --quick)")
