@@ -47,6 +47,8 @@ TEST_P(AttentionIsa, MatchesRefOnPrefillAndDecodeShapes) {
       // Prompts: blocks of tokens and score rows with tails, head_dim past one 64-float pass.
       {40, 0, 8, 8, 64}, {37, 13, 14, 2, 64}, {24, 5, 3, 3, 17}, {33, 0, 4, 1, 128},
       {19, 70, 6, 2, 80},
+      // Decoding over sixteen-key blocks and a tail, head_dim not a multiple of 16.
+      {1, 40, 4, 4, 17}, {4, 60, 3, 1, 100},
   };
   for (const AttnCase& c : cases) {
     const int64_t capacity = c.first_pos + c.tokens + 3;
@@ -100,7 +102,7 @@ TEST_P(AttentionIsa, BidirectionalMatchesRefWithAndWithoutKeyBias) {
   const AttnCase cases[] = {{1, 0, 4, 4, 16}, {7, 0, 6, 2, 48}, {12, 0, 3, 3, 17},
                             {37, 0, 4, 2, 64}, {20, 0, 2, 1, 100}};
   for (const AttnCase& c : cases) {
-    for (int64_t keys : {int64_t(1), c.tokens, c.tokens + 9}) {
+    for (int64_t keys : {int64_t(1), c.tokens, c.tokens + 9, c.tokens + 40}) {
       const int64_t capacity = keys + 2;
       auto q = random_floats(c.tokens * c.heads * c.head_dim, 6, 1.5f);
       auto k = random_floats(c.kv_heads * capacity * c.head_dim, 7, 1.5f);
