@@ -57,7 +57,7 @@ struct AttentionShape {
     return tokens * kv_heads >= 4 * int64_t(nth) ? heads / kv_heads : 1;
   }
   // The floats of the kernel's scratch each thread owns: a kv group's scores, or the transposed
-  // keys and a block of score rows of the many-token kernel (avx512/attention_blocked.cpp).
+  // keys and a block of score rows of the many-token kernel (kernels/attention_blocked.h).
   int64_t scratch_floats() const {
     const int64_t padded = (context() + 31) / 32 * 32;
     const int64_t most = std::max(heads / kv_heads * context(), (head_dim + 8) * padded);
@@ -89,7 +89,7 @@ using SumF32Kernel = double (*)(const float* x, int64_t n);
 using RopeKernel = void (*)(float* x, const float* cos, const float* sin, int64_t tokens,
                             int64_t heads, int64_t head_dim, int64_t row_stride);
 // Thread ith of nth computes its shares (AttentionShape::heads_per_share, or blocks of tokens);
-// `scores` holds nth * AttentionShape::scratch_floats() floats, 64-byte aligned.
+// `scores` holds nth * AttentionShape::scratch_floats() floats.
 using AttentionKernel = void (*)(const float* q, const float* k, const float* v, float* out,
                                  const AttentionShape& s, float* scores, int ith, int nth);
 // y[i] = silu(g[i]) * u[i] over [0, n).
